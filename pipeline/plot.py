@@ -1,0 +1,51 @@
+"""Stage plot: PNGs of the loss/accuracy curves, the confusion matrix and misclassified test digits."""
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from src.cli import run
+from src.fileio import atomic_dir, read_json, sha256_file
+from src.params import load_params
+from src.plots import confusion_heatmap, loss_accuracy, misclassified_grid
+from src.preprocess import TEST_FILE, load_info, load_split
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True, help="params.yaml")
+    parser.add_argument("--data", required=True, help="prepared folder (for the test images)")
+    parser.add_argument("--model", required=True, help="model file (only to find its MLflow run)")
+    parser.add_argument("--history", required=True, help="train's per-epoch history JSON")
+    parser.add_argument("--confusion", required=True, help="evaluate's confusion-matrix JSON")
+    parser.add_argument("--predictions", required=True, help="evaluate's predictions CSV")
+    parser.add_argument("--out", required=True, help="folder for the PNGs (replaced whole)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+
+    from src.tracking import open_tracker  # mlflow import: ~2.5 s
+    tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)
+    with tracker.attached_run(sha256_file(args.model)) as mlrun:
+        info = load_info(Path(args.data))
+        classes = info["classes"]
+        index = {name: i for i, name in enumerate(classes)}
+        with open(args.predictions, newline="") as f:
+            rows = list(csv.DictReader(f))
+        true = [index[r["actual"]] for r in rows]
+        predicted = [index[r["predicted"]] for r in rows]
+        test = load_split(Path(args.data) / TEST_FILE)
+        norm = info["normalize"]
+        images = (test.images * norm["std"] + norm["mean"]).reshape(-1, *info["image_shape"])  # back to [0,1]
+        dpi = params.plot.dpi
+        with atomic_dir(args.out) as out:
+            loss_accuracy(read_json(args.history), out / "loss_accuracy.png", dpi)
+            confusion_heatmap(read_json(args.confusion)["counts"], classes, out / "confusion_matrix.png", dpi)
+            misclassified_grid(images, true, predicted, classes, out / "misclassified.png", dpi,
+                               params.plot.misclassified)
+        for png in sorted(Path(args.out).glob("*.png")):
+            mlrun.log_artifact(png, "plots")
+        print(f"plot: wrote {', '.join(p.name for p in sorted(Path(args.out).glob('*.png')))}")
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, "plot"))

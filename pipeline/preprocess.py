@@ -1,0 +1,49 @@
+"""Stage preprocess: parse the IDX files strictly, scale to [0,1], normalize, save train/test tensors."""
+import argparse
+import sys
+from pathlib import Path
+
+from src.cli import run
+from src.datasets import DATASETS
+from src.fileio import atomic_dir, sha256_file, write_json_atomic
+from src.params import load_params
+from src.preprocess import (INFO_FILE, TEST_FILE, TRAIN_FILE, Split, dataset_stats, load_raw, normalize,
+                            save_split, to_unit)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", required=True, help="params.yaml")
+    parser.add_argument("--raw", required=True, help="folder of raw IDX files (download's output)")
+    parser.add_argument("--out", required=True, help="folder for the prepared tensors (replaced whole)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    spec = DATASETS[params.data.dataset]
+
+    train_images, train_labels, test_images, test_labels = load_raw(spec, Path(args.raw))
+    train_x, test_x = to_unit(train_images), to_unit(test_images)
+    norm = params.data.normalize
+    auto_mean, auto_std = dataset_stats(train_x) if "auto" in (norm.mean, norm.std) else (None, None)
+    mean = auto_mean if norm.mean == "auto" else norm.mean  # auto: from the training split only
+    std = auto_std if norm.std == "auto" else norm.std
+    print(f"preprocess: {spec.name}: {len(train_labels)} train / {len(test_labels)} test images,"
+          f" normalized with mean {mean:.6f} std {std:.6f}")
+
+    with atomic_dir(args.out) as staging:
+        save_split(staging / TRAIN_FILE, Split(normalize(train_x, mean, std), train_labels))
+        save_split(staging / TEST_FILE, Split(normalize(test_x, mean, std), test_labels))
+        write_json_atomic(staging / INFO_FILE, {
+            "dataset": spec.name,
+            "classes": list(spec.classes),
+            "image_shape": list(spec.image_shape),
+            "train_size": len(train_labels),
+            "test_size": len(test_labels),
+            "raw_sha256": {name: sha256_file(Path(args.raw) / name) for name in spec.sha256},
+            "normalize": {"mean": mean, "std": std,
+                          "mean_from": "auto" if norm.mean == "auto" else "params",
+                          "std_from": "auto" if norm.std == "auto" else "params"},
+        })
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, "preprocess"))

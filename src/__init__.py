@@ -1,0 +1,1 @@
+"""The MNIST softmax-classifier pipeline: pure functions the DVC stages in pipeline/ call."""
