@@ -13,6 +13,7 @@ from src.fileio import sha256_file, write_bytes_atomic, write_json_atomic
 from src.model import load_model
 from src.params import load_params
 from src.preprocess import TEST_FILE, load_info, load_split
+from src.tracking import open_tracker
 from src.train import predict
 
 
@@ -29,7 +30,6 @@ def main(argv=None):
     torch.set_num_threads(params.train.threads)
 
     model, _ = load_model(args.model)  # weights_only=True: a tampered file is refused before anything runs
-    from src.tracking import open_tracker  # mlflow import: ~2.5 s
     tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)
     with tracker.attached_run(sha256_file(args.model)) as mlrun:
         info = load_info(Path(args.data))

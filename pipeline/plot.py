@@ -9,6 +9,7 @@ from src.fileio import atomic_dir, read_json, sha256_file
 from src.params import load_params
 from src.plots import confusion_heatmap, loss_accuracy, misclassified_grid
 from src.preprocess import TEST_FILE, load_info, load_split
+from src.tracking import open_tracker
 
 
 def main(argv=None):
@@ -23,7 +24,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     params = load_params(args.params)
 
-    from src.tracking import open_tracker  # mlflow import: ~2.5 s
     tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)
     with tracker.attached_run(sha256_file(args.model)) as mlrun:
         info = load_info(Path(args.data))

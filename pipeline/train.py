@@ -12,6 +12,7 @@ from src.fileio import sha256_file, write_json_atomic
 from src.model import MLP, architecture, save_model
 from src.params import flatten, load_params
 from src.preprocess import TEST_FILE, TRAIN_FILE, load_info, load_split
+from src.tracking import open_tracker, run_context_tags
 from src.train import make_optimizer, resolve_device, train
 
 
@@ -24,8 +25,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     params = load_params(args.params)
     p = params.train
-
-    from src.tracking import open_tracker, project_root, run_context_tags  # mlflow import: ~2.5 s
     tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)  # fails before training
 
     torch.set_num_threads(p.threads)
@@ -46,7 +45,7 @@ def main(argv=None):
                      "data.normalize.mean_used": repr(info["normalize"]["mean"]),
                      "data.normalize.std_used": repr(info["normalize"]["std"]),
                      "train.device_used": str(device)}
-    tags = {**run_context_tags(project_root()), "dataset": info["dataset"],
+    tags = {**run_context_tags(), "dataset": info["dataset"],
             "dataset_digest": dataset_digest(info["raw_sha256"]),
             **{f"dataset_sha256.{name}": digest for name, digest in info["raw_sha256"].items()}}
     with tracker.training_run(os.environ.get("DVC_EXP_NAME"), logged_params, tags) as mlrun:
