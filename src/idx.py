@@ -35,6 +35,8 @@ def parse_idx(data: bytes, *, ndim: int, name: str) -> torch.Tensor:
     if len(data) != expected:
         raise IdxError(f"{name}: {len(data)} bytes, but its header {list(dims)} needs {expected}"
                        f" ({'truncated' if len(data) < expected else 'trailing bytes'})")
+    if expected == header:  # no items: torch.frombuffer refuses an empty buffer
+        return torch.empty(dims, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
 
 

@@ -41,8 +41,10 @@ def count_params(model: nn.Module) -> int:
 def save_model(path, model: MLP, arch: dict) -> None:
     """Weights plus architecture, written atomically; loadable with weights_only=True."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"arch": arch, "state_dict": state}, tmp)
+    # Save through a file object: given a path, torch.save names the zip's inner folder after the (random)
+    # temp file name, and the same weights would give different bytes on every save.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"arch": arch, "state_dict": state}, f)
 
 
 def load_model(path) -> tuple[MLP, dict]:

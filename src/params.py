@@ -184,6 +184,7 @@ class TrainParams:
     threads: int = _check(integer(1))
     device: str = _check(choice("auto", "cpu", "cuda"))
     checkpoint: bool = _check(boolean)
+    backward: str = _check(choice("manual", "autograd"))
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def _build(cls, raw, prefix: str, errors: list[str]):
     for name, f in fields.items():
         key = prefix + name
         if name not in raw:
-            errors.append(f"{key}: missing")
+            errors.append(f"{key}: missing (expected {_allowed(f.metadata['check'])})")
             continue
         check = f.metadata["check"]
         if check is None:  # a nested section
@@ -239,6 +240,17 @@ def _build(cls, raw, prefix: str, errors: list[str]):
     except _InvalidAt as e:
         errors.append(f"{e.key} = {_show(e.value)}: expected {e.allowed}")
         return None
+
+
+def _allowed(check) -> str:
+    """What a key accepts, for the message about a missing key: its checker's own description."""
+    if check is None:
+        return "a mapping of keys"
+    try:
+        check(object())  # no checker accepts a bare object
+    except _Invalid as e:
+        return e.allowed
+    return "a value"
 
 
 def _show(v) -> str:

@@ -1,0 +1,94 @@
+"""Session fixtures of the end-to-end tests (marker e2e): real `dvc` and `mlflow` processes in temp copies.
+
+- repro_project: a copy on the tiny dataset after a first `dvc repro`, results committed. Tests that change it
+  put it back (project.restore_baseline) before they end.
+- template: a byte copy of repro_project taken right after that first repro, never changed; other fixtures
+  clone it (with a fresh MLflow store) instead of running the whole pipeline again.
+- sweep: a clone where a queued sweep ran from a fresh MLflow store (see its docstring).
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import project as P
+
+SWEEP_LRS = (0.005, 0.01, 0.05)  # none is the copies' baseline lr (0.1): each really trains
+DIVERGING_LR = 1.0e6  # NonFiniteLoss in epoch 1
+
+
+@dataclasses.dataclass
+class ReproProject:
+    root: Path
+    first_repro: str  # output of the first `dvc repro`
+    seconds: float
+
+
+@dataclasses.dataclass
+class Sweep:
+    root: Path
+    names: dict  # lr -> DVC experiment name, the finished ones
+    failed: str  # the diverging experiment's name
+    queue_status: str  # last `dvc queue status` table
+    logs: dict  # name -> `dvc queue logs` output
+    exp_show: list  # `dvc exp show --json`
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("e2e")
+    P.SITE_CACHE_DIR = base / "dvc-site-cache"  # DVC's per-repo index, kept out of /var/tmp/dvc
+    yield base
+    P.SITE_CACHE_DIR = None
+
+
+@pytest.fixture(scope="session")
+def repro_project(e2e_dir) -> ReproProject:
+    root = P.make_project(e2e_dir / "repro")
+    t0 = time.monotonic()
+    out = P.dvc(root, "repro").stdout
+    seconds = time.monotonic() - t0
+    P.commit_all(root, "baseline results")
+    shutil.copytree(root, e2e_dir / "template", symlinks=True)  # before any test changes the copy
+    return ReproProject(root, out, seconds)
+
+
+@pytest.fixture(scope="session")
+def template(repro_project, e2e_dir) -> Path:
+    """Read-only: clone it with project.clone_project."""
+    return e2e_dir / "template"
+
+
+@pytest.fixture(scope="session")
+def sweep(template, e2e_dir) -> Sweep:
+    """`dvc exp run --queue -S train.lr=0.005,0.01,0.05` plus one diverging lr, run by `dvc queue start -j 2`
+    from a FRESH MLflow store (no mlflow.db): two queued runs create the store at once."""
+    root = P.clone_project(template, e2e_dir / "sweep", fresh_store=True)
+    assert not (root / "mlflow.db").exists()
+    t0 = time.monotonic()
+    P.dvc(root, "exp", "run", "--queue", "-S", "train.lr=" + ",".join(map(str, SWEEP_LRS)))
+    P.dvc(root, "exp", "run", "--queue", "-S", f"train.lr={DIVERGING_LR}")
+    try:
+        P.start_queue(root, 2, e2e_dir / "sweep-queue-start.log")
+        status = P.wait_queue_done(root, timeout=600)
+    finally:
+        P.stop_queue(root, kill=True)  # workers end by themselves once the queue is empty; this makes sure
+    seconds = time.monotonic() - t0
+    shown = P.dvc_json(root, "exp", "show")
+    by_lr, failed = {}, []
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            rev = exp["revs"][0]
+            if rev.get("error"):
+                failed.append(rev["name"])
+            else:
+                by_lr[rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]] = rev["name"]
+    names = {lr: by_lr.get(lr) for lr in SWEEP_LRS}
+    assert None not in names.values() and len(failed) == 1, f"unexpected sweep outcome:\n{status}\n{shown}"
+    logs = {name: P.dvc(root, "queue", "logs", name, check=False).stdout for name in [*names.values(), *failed]}
+    return Sweep(root, names, failed[0], status, logs, shown, seconds)

@@ -1,0 +1,64 @@
+"""Helpers of the stage tests: the tiny dataset's paths and the stages called the way dvc.yaml calls them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests import synthetic
+
+
+@dataclass
+class Tiny:
+    """The tiny dataset registered in this process, a folder serving it, and the paths of one pipeline run."""
+    root: Path
+    files: dict
+    spec: object
+    source_dir: Path
+    paths: dict = field(default_factory=dict)
+
+    def params(self, sources=None, name="params.yaml", **overrides) -> Path:
+        """Write the tiny params (tracking off unless overridden) and return its path."""
+        overrides = {"tracking.enabled": False, **overrides}
+        params = synthetic.tiny_params(sources or [f"dir:{self.source_dir}"], **overrides)
+        return synthetic.write_params(self.root / name, params)
+
+    def path(self, key: str) -> str:
+        return str(self.paths[key])
+
+
+def staging_leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in Path(folder).iterdir() if ".staging-" in p.name or p.name.endswith(".tmp"))
+
+
+# ---- the stages, called the way dvc.yaml calls them -----------------------------------------------------
+
+def run_download(tiny: Tiny, params: Path):
+    from pipeline import download
+    return download.main(["--params", str(params), "--out", tiny.path("raw")])
+
+
+def run_preprocess(tiny: Tiny, params: Path, raw: Path | None = None):
+    from pipeline import preprocess
+    return preprocess.main(["--params", str(params), "--raw", str(raw or tiny.paths["raw"]),
+                            "--out", tiny.path("prepared")])
+
+
+def run_train(tiny: Tiny, params: Path, model: Path | None = None, history: Path | None = None):
+    from pipeline import train
+    return train.main(["--params", str(params), "--data", tiny.path("prepared"),
+                       "--model", str(model or tiny.paths["model"]),
+                       "--history", str(history or tiny.paths["history"])])
+
+
+def run_evaluate(tiny: Tiny, params: Path, model: Path | None = None):
+    from pipeline import evaluate
+    return evaluate.main(["--params", str(params), "--data", tiny.path("prepared"),
+                          "--model", str(model or tiny.paths["model"]), "--metrics", tiny.path("metrics"),
+                          "--confusion", tiny.path("confusion"), "--predictions", tiny.path("predictions")])
+
+
+def run_plot(tiny: Tiny, params: Path):
+    from pipeline import plot
+    return plot.main(["--params", str(params), "--data", tiny.path("prepared"), "--model", tiny.path("model"),
+                      "--history", tiny.path("history"), "--confusion", tiny.path("confusion"),
+                      "--predictions", tiny.path("predictions"), "--out", tiny.path("plots")])

@@ -1,0 +1,97 @@
+"""MLflow tracking of train -> evaluate -> plot on a temp SQLite store, checked with MlflowClient."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from src.params import flatten, load_params
+from src.train import NonFiniteLoss
+from tests.stages.helpers import run_evaluate, run_plot, run_train
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory):
+    """One SQLite store for this module (creating its tables takes ~4 s); each test uses its own experiment."""
+    pytest.importorskip("mlflow")
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def store(prepared, monkeypatch, store_uri, request):
+    """(MlflowClient on the temp store, a fresh experiment name); mlflow's process-wide URI is restored after."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("DO_NOT_TRACK", "true")
+    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE", "DVC_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)  # restored on teardown
+    client = MlflowClient(store_uri)
+    experiment = f"tiny-{request.node.name}"
+    assert client.get_experiment_by_name(experiment) is None
+    yield client, experiment
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def runs_of(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, "the experiment was not created"
+    return client.search_runs([exp.experiment_id])
+
+
+def artifact_paths(client, run_id, path=None):
+    return sorted(a.path for a in client.list_artifacts(run_id, path))
+
+
+def test_tracked_chain_logs_one_finished_run(prepared, store):
+    tiny, _ = prepared
+    store, experiment = store
+    params_path = tiny.params(name="tracked.yaml", **{"tracking.enabled": True, "tracking.experiment": experiment})
+    params = load_params(params_path)
+    epochs = params.train.epochs
+    run_train(tiny, params_path)
+    run_evaluate(tiny, params_path)
+    run_plot(tiny, params_path)
+
+    (run,) = runs_of(store, experiment)
+    assert run.info.status == "FINISHED"
+    run_id = run.info.run_id
+
+    logged = run.data.params
+    for key, value in flatten(params).items():
+        assert logged.get(key) == value, key
+
+    history = json.loads(tiny.paths["history"].read_text())
+    for metric in ("train_loss", "test_loss", "test_accuracy"):
+        series = sorted(store.get_metric_history(run_id, metric), key=lambda m: m.step)
+        assert [m.step for m in series] == list(range(1, epochs + 1)), metric
+        assert [m.value for m in series] == pytest.approx([h[metric] for h in history], rel=1e-9), metric
+
+    evaluation = json.loads(tiny.paths["metrics"].read_text())
+    assert run.data.metrics["final_test_accuracy"] == pytest.approx(evaluation["test_accuracy"], abs=1e-6)
+    assert run.data.metrics["final_test_loss"] == pytest.approx(evaluation["test_loss"], abs=1e-6)
+
+    top = artifact_paths(store, run_id)
+    assert {"weights", "evaluation", "plots"} <= set(top)
+    assert artifact_paths(store, run_id, "weights") == ["weights/model.pt"]
+    assert artifact_paths(store, run_id, "evaluation") == ["evaluation/confusion_matrix.json", "evaluation/eval.json"]
+    assert artifact_paths(store, run_id, "plots") == ["plots/confusion_matrix.png", "plots/loss_accuracy.png",
+                                                      "plots/misclassified.png"]
+
+
+def test_diverged_training_leaves_its_run_failed(prepared, store):
+    tiny, _ = prepared
+    store, experiment = store
+    params_path = tiny.params(name="diverge.yaml", **{"tracking.enabled": True, "tracking.experiment": experiment,
+                                                      "train.lr": 1.0e6})
+    with pytest.raises(NonFiniteLoss):
+        run_train(tiny, params_path)
+    (run,) = runs_of(store, experiment)
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLoss" in run.data.tags.get("pipeline.end_reason", "")
+    assert not tiny.paths["model"].exists() and not tiny.paths["history"].exists()

@@ -1,0 +1,153 @@
+"""Training loop: a step learns, seeds make runs bit-identical, divergence is caught, optimizers get their settings."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+from src.model import MLP
+from src.preprocess import normalize, to_unit
+from src.train import EpochResult, NonFiniteLoss, make_optimizer, predict, train
+
+# train() gained a `manual_step` switch (hand-written backward); exercise every mode it offers.
+_HAS_MODES = "manual_step" in inspect.signature(train).parameters
+MODES = [False, True] if _HAS_MODES else [None]
+MODE_IDS = ["autograd", "manual"] if _HAS_MODES else ["default"]
+
+
+def mode_kwargs(mode):
+    return {} if mode is None else {"manual_step": mode}
+
+
+@pytest.fixture
+def data(tiny_split):
+    tr_x, tr_y, te_x, te_y = tiny_split
+    return normalize(to_unit(tr_x), 0.13, 0.3), tr_y, normalize(to_unit(te_x), 0.13, 0.3), te_y
+
+
+def run_training(data, *, init_seed: int, shuffle_seed: int, mode, lr: float = 0.05, epochs: int = 2,
+                 optimizer: str = "sgd"):
+    tr_x, tr_y, te_x, te_y = data
+    torch.manual_seed(init_seed)
+    model = MLP(784, [32, 16], 10, "relu")
+    opt = make_optimizer(model, optimizer, lr, 0.9, (0.9, 0.999), 0.0)
+    history = train(model, tr_x, tr_y, te_x, te_y, epochs=epochs, batch_size=32, eval_batch_size=50,
+                    optimizer=opt, generator=torch.Generator().manual_seed(shuffle_seed), **mode_kwargs(mode))
+    return model, history
+
+
+def batch_loss(model, x, y) -> float:
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.1), ("adam", 1e-3)])
+def test_one_step_lowers_the_loss_on_its_batch(data, optimizer, lr):
+    x, y = data[0][:16], data[1][:16]
+    torch.manual_seed(0)
+    model = MLP(784, [32, 16], 10, "relu")
+    opt = make_optimizer(model, optimizer, lr, 0.0, (0.9, 0.999), 0.0)
+    before = batch_loss(model, x, y)
+    loss = nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert float(loss.detach()) == pytest.approx(before, rel=1e-6)
+    assert batch_loss(model, x, y) < before
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_training_learns_the_tiny_dataset(data, mode):
+    model, history = run_training(data, init_seed=0, shuffle_seed=0, mode=mode, epochs=3)
+    assert [h.epoch for h in history] == [1, 2, 3]
+    assert all(isinstance(h, EpochResult) for h in history)
+    assert history[-1].train_loss < history[0].train_loss
+    # history's test numbers are what predict() says about the final model
+    loss, acc, predicted, logits = predict(model, data[2], data[3], batch_size=50)
+    assert history[-1].test_loss == pytest.approx(loss, rel=1e-6)
+    assert history[-1].test_accuracy == pytest.approx(acc)
+    assert acc == pytest.approx(float((logits.argmax(1) == data[3]).float().mean()))
+    assert acc > 0.5  # ten well-separated squares: chance is 0.1
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_same_seed_gives_bit_identical_weights(data, mode):
+    a, ha = run_training(data, init_seed=7, shuffle_seed=7, mode=mode)
+    b, hb = run_training(data, init_seed=7, shuffle_seed=7, mode=mode)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert [(h.train_loss, h.test_loss, h.test_accuracy) for h in ha] == \
+           [(h.train_loss, h.test_loss, h.test_accuracy) for h in hb]
+
+
+def _differs(m1, m2) -> bool:
+    return any(not torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_different_seed_gives_different_weights(data, mode):
+    a, _ = run_training(data, init_seed=7, shuffle_seed=7, mode=mode)
+    b, _ = run_training(data, init_seed=8, shuffle_seed=8, mode=mode)
+    assert _differs(a, b)
+
+
+def test_shuffle_seed_alone_changes_the_result(data):
+    """The generator really drives the batch order: same init, other shuffle seed -> other weights."""
+    a, _ = run_training(data, init_seed=7, shuffle_seed=7, mode=MODES[0])
+    b, _ = run_training(data, init_seed=7, shuffle_seed=8, mode=MODES[0])
+    assert _differs(a, b)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_huge_learning_rate_raises_non_finite_loss(data, mode):
+    seen = []
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1: training loss is (nan|inf)") as err:
+        tr_x, tr_y, te_x, te_y = data
+        torch.manual_seed(0)
+        model = MLP(784, [32, 16], 10, "relu")
+        opt = make_optimizer(model, "sgd", 1.0e6, 0.9, (0.9, 0.999), 0.0)
+        train(model, tr_x, tr_y, te_x, te_y, epochs=3, batch_size=32, eval_batch_size=50, optimizer=opt,
+              generator=torch.Generator().manual_seed(0), on_epoch=seen.append, **mode_kwargs(mode))
+    assert "train.lr" in str(err.value)
+    assert seen == []  # the diverged epoch is never reported
+    assert not all(torch.isfinite(p).all() for p in model.parameters())  # it really diverged
+
+
+def test_make_optimizer_sgd_settings():
+    model = MLP(784, [8], 10, "relu")
+    opt = make_optimizer(model, "sgd", 0.03, 0.7, (0.8, 0.9), 1e-4)
+    assert type(opt) is torch.optim.SGD
+    (group,) = opt.param_groups
+    assert group["lr"] == 0.03 and group["momentum"] == 0.7 and group["weight_decay"] == 1e-4
+    assert not group["nesterov"] and group["dampening"] == 0
+    assert len(group["params"]) == len(list(model.parameters()))
+
+
+def test_make_optimizer_adam_settings():
+    model = MLP(784, [8], 10, "relu")
+    opt = make_optimizer(model, "adam", 2e-3, 0.7, (0.8, 0.95), 1e-5)
+    assert type(opt) is torch.optim.Adam
+    (group,) = opt.param_groups
+    assert group["lr"] == 2e-3 and tuple(group["betas"]) == (0.8, 0.95) and group["weight_decay"] == 1e-5
+    assert len(group["params"]) == len(list(model.parameters()))
+
+
+def test_make_optimizer_unknown_name():
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        make_optimizer(MLP(784, [8], 10, "relu"), "rmsprop", 0.1, 0.0, (0.9, 0.999), 0.0)
+
+
+def test_predict_batches_do_not_change_the_result(data):
+    torch.manual_seed(0)
+    model = MLP(784, [32, 16], 10, "relu")
+    l1, a1, p1, _ = predict(model, data[2], data[3], batch_size=7)
+    l2, a2, p2, _ = predict(model, data[2], data[3], batch_size=1000)
+    assert torch.equal(p1, p2) and a1 == a2
+    assert l1 == pytest.approx(l2, rel=1e-6)
+    with torch.no_grad():
+        direct = float(nn.functional.cross_entropy(model(data[2]), data[3]))
+    assert l2 == pytest.approx(direct, rel=1e-6)
