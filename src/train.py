@@ -87,6 +87,32 @@ class ManualReluSGDStep:
                   and group.get("dampening") == 0 and not group.get("maximize"))
         return shape_ok and sgd_ok
 
+    def _update(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        """torch.optim.SGD's update: grad += wd·param; buf = momentum·buf + grad; param -= lr·buf."""
+        if self.weight_decay:
+            grad.add_(param, alpha=self.weight_decay)
+        if self.momentum:
+            state = self.optimizer.state[param]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                state["momentum_buffer"] = buf = grad.clone()
+            else:
+                buf.mul_(self.momentum).add_(grad)
+            grad = buf
+        param.sub_(grad, alpha=self.lr)
+
+    def _update_weight(self, param: torch.Tensor, grad_out_t: torch.Tensor, layer_input: torch.Tensor) -> None:
+        """_update for a weight whose gradient is grad_out_t @ layer_input, with the momentum step fused into
+        the matrix product (buf = momentum·buf + grad in one pass): the update is memory-bound at batch 64."""
+        buf = self.optimizer.state[param].get("momentum_buffer") if self.momentum else None
+        if buf is None:
+            self._update(param, grad_out_t @ layer_input)
+            return
+        buf.addmm_(grad_out_t, layer_input, beta=self.momentum)
+        if self.weight_decay:
+            buf.add_(param, alpha=self.weight_decay)
+        param.sub_(buf, alpha=self.lr)
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         outputs = [x]
@@ -103,23 +129,12 @@ class ManualReluSGDStep:
         grad = log_probs.exp_()  # d(mean CE)/d(logits) = (softmax - onehot) / batch
         grad[rows, y] -= 1.0
         grad.div_(y.shape[0])
-        state = self.optimizer.state
         for i in range(last, -1, -1):
-            layer = self.linears[i]
-            grad_w, grad_b = grad.t() @ outputs[i], grad.sum(dim=0)
-            if i > 0:  # ReLU's gradient: pass where its output was positive
-                grad = (grad @ layer.weight).mul_(outputs[i] > 0)
-            for param, g in ((layer.weight, grad_w), (layer.bias, grad_b)):
-                if self.weight_decay:
-                    g.add_(param, alpha=self.weight_decay)
-                if self.momentum:
-                    buf = state[param].get("momentum_buffer")
-                    if buf is None:
-                        state[param]["momentum_buffer"] = buf = g.clone()
-                    else:
-                        buf.mul_(self.momentum).add_(g)
-                    g = buf
-                param.sub_(g, alpha=self.lr)
+            layer, grad_out = self.linears[i], grad
+            if i > 0:  # ReLU's gradient: pass where its output was positive (uses the weight before its update)
+                grad = (grad_out @ layer.weight).mul_(outputs[i] > 0)
+            self._update_weight(layer.weight, grad_out.t(), outputs[i])
+            self._update(layer.bias, grad_out.sum(dim=0))
         return loss
 
 
