@@ -15,9 +15,9 @@ from tqdm import tqdm
 CHUNK = 1 << 20
 
 
-def progress(total: int | None, desc: str, unit: str = "B"):
+def progress(total: int | None, desc: str, unit: str = "B", initial: int = 0):
     """A tqdm bar on stderr, silent when stderr is not a terminal (CI, DVC's captured logs)."""
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=False,
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=False, initial=initial,
                 disable=not sys.stderr.isatty())
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from src.errors import ExplainedError
+from src.fileio import progress
 
 
 class NonFiniteLoss(ExplainedError, RuntimeError):
@@ -175,16 +176,25 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
           on_epoch: Callable[[EpochResult], None] | None = None) -> list[EpochResult]:
     """Train epochs start_epoch..epochs; after each, evaluate on the test set and call on_epoch."""
     history = []
-    for epoch in range(start_epoch, epochs + 1):
-        t0 = time.perf_counter()
-        train_loss = train_epoch(model, train_images, train_labels, batch_size=batch_size,
-                                 optimizer=optimizer, generator=generator, manual_step=manual_step)
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(f"epoch {epoch}: training loss is {train_loss}; the run diverged"
-                                " (try a lower train.lr)")
-        test_loss, test_accuracy, _, _ = predict(model, test_images, test_labels, batch_size=eval_batch_size)
-        result = EpochResult(epoch, train_loss, test_loss, test_accuracy, time.perf_counter() - t0)
-        history.append(result)
-        if on_epoch:
-            on_epoch(result)
+    with progress(epochs, "train", unit="epoch", initial=start_epoch - 1) as bar:  # silent unless a TTY
+        for epoch in range(start_epoch, epochs + 1):
+            history.append(_run_epoch(model, train_images, train_labels, test_images, test_labels, epoch=epoch,
+                                      batch_size=batch_size, eval_batch_size=eval_batch_size,
+                                      optimizer=optimizer, generator=generator, manual_step=manual_step))
+            bar.update(1)
+            if on_epoch:
+                on_epoch(history[-1])
     return history
+
+
+def _run_epoch(model, train_images, train_labels, test_images, test_labels, *, epoch, batch_size,
+               eval_batch_size, optimizer, generator, manual_step) -> EpochResult:
+    """One training pass, the non-finite-loss check, and the test evaluation."""
+    t0 = time.perf_counter()
+    train_loss = train_epoch(model, train_images, train_labels, batch_size=batch_size,
+                             optimizer=optimizer, generator=generator, manual_step=manual_step)
+    if not math.isfinite(train_loss):
+        raise NonFiniteLoss(f"epoch {epoch}: training loss is {train_loss}; the run diverged"
+                            " (try a lower train.lr)")
+    test_loss, test_accuracy, _, _ = predict(model, test_images, test_labels, batch_size=eval_batch_size)
+    return EpochResult(epoch, train_loss, test_loss, test_accuracy, time.perf_counter() - t0)
