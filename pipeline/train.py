@@ -56,12 +56,11 @@ def main(argv=None):
                      "data.normalize.mean_used": repr(info["normalize"]["mean"]),
                      "data.normalize.std_used": repr(info["normalize"]["std"]),
                      "train.device_used": str(device)}
-    tags = {**run_context_tags(), "dataset": info["dataset"],
-            "dataset_digest": dataset_digest(info["raw_sha256"]),
+    digest = dataset_digest(info["raw_sha256"])
+    tags = {**run_context_tags(), "dataset": info["dataset"], "dataset_digest": digest,
             **{f"dataset_sha256.{name}": digest for name, digest in info["raw_sha256"].items()}, **resume_tags}
     with tracker.training_run(os.environ.get("DVC_EXP_NAME"), logged_params, tags) as mlrun:
-        mlrun.log_dataset(info["dataset"], dataset_digest(info["raw_sha256"]),
-                          str(Path(args.data).resolve()), context="train")
+        mlrun.log_dataset(info["dataset"], digest, str(Path(args.data).resolve()), context="train")
 
         def log_epoch(r):
             mlrun.log_metrics({"train_loss": r.train_loss, "test_loss": r.test_loss,
@@ -82,11 +81,10 @@ def main(argv=None):
               eval_batch_size=p.eval_batch_size, optimizer=optimizer, generator=shuffle,
               manual_step=p.backward == "manual",
               start_epoch=len(done) + 1, on_epoch=report)
-        history = done
         save_model(args.model, model, arch)
         # No timings in the history: it must be byte-identical for the same params, data and threads.
         write_json_atomic(args.history, [{k: v for k, v in h.as_dict().items() if k != "seconds"}
-                                         for h in history])
+                                         for h in done])
         model_hash = sha256_file(args.model)
         mlrun.log_artifact(args.model, "weights")
         if params.tracking.log_model:
