@@ -124,10 +124,10 @@ class Ours:
         self.batch_size = self.cfg.get("batch_size") or p.batch_size
 
     def run_epoch(self) -> dict:
-        from src.train import predict, train_epoch
+        from src.train import predict, train_epoch, use_deterministic_algorithms
         p = self.params.train
         was_deterministic = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True)  # as pipeline/train.py runs
+        use_deterministic_algorithms(True)  # as pipeline/train.py runs
         try:
             t0 = time.perf_counter()
             loss = train_epoch(self.model, self.train_x, self.train_y, batch_size=self.batch_size,
@@ -137,7 +137,7 @@ class Ours:
             _, accuracy, _, _ = predict(self.model, self.test_x, self.test_y, batch_size=p.eval_batch_size)
             t2 = time.perf_counter()
         finally:
-            torch.use_deterministic_algorithms(was_deterministic)
+            use_deterministic_algorithms(was_deterministic)
         return {"train_s": t1 - t0, "eval_s": t2 - t1, "accuracy": accuracy, "train_loss": loss}
 
 

@@ -8,7 +8,7 @@ from src.cli import run
 from src.fileio import atomic_dir, read_json, sha256_file
 from src.params import load_params
 from src.plots import confusion_heatmap, loss_accuracy, misclassified_grid
-from src.preprocess import TEST_FILE, load_info, load_split
+from src.prepared import TEST_FILE, load_arrays, load_info
 from src.tracking import open_tracker
 
 
@@ -33,9 +33,9 @@ def main(argv=None):
             rows = list(csv.DictReader(f))
         true = [index[r["actual"]] for r in rows]
         predicted = [index[r["predicted"]] for r in rows]
-        test = load_split(Path(args.data) / TEST_FILE)
+        test_images = load_arrays(Path(args.data) / TEST_FILE)["images"]
         norm = info["normalize"]
-        images = (test.images * norm["std"] + norm["mean"]).reshape(-1, *info["image_shape"])  # back to [0,1]
+        images = (test_images * norm["std"] + norm["mean"]).reshape(-1, *info["image_shape"])  # back to [0,1]
         dpi = params.plot.dpi
         with atomic_dir(args.out) as out:
             loss_accuracy(read_json(args.history), out / "loss_accuracy.png", dpi)

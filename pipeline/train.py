@@ -19,7 +19,7 @@ from src.model import MLP, architecture, save_model
 from src.params import flatten, load_params
 from src.preprocess import TEST_FILE, TRAIN_FILE, load_info, load_split
 from src.tracking import open_tracker, run_context_tags
-from src.train import make_optimizer, resolve_device, train
+from src.train import make_optimizer, resolve_device, train, use_deterministic_algorithms
 
 
 def main(argv=None):
@@ -37,7 +37,7 @@ def main(argv=None):
     tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)  # fails before training
 
     torch.set_num_threads(p.threads)
-    torch.use_deterministic_algorithms(True)
+    use_deterministic_algorithms(True)
     device = resolve_device(p.device)
     info = load_info(Path(args.data))
     train_split, test_split = load_split(Path(args.data) / TRAIN_FILE), load_split(Path(args.data) / TEST_FILE)

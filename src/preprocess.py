@@ -1,7 +1,6 @@
 """Raw IDX -> normalized float tensors, saved as safetensors (no pickle: loading runs no code)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from src.datasets import DatasetSpec
 from src.fileio import atomic_path
 from src.idx import read_split
+from src.prepared import INFO_FILE, TEST_FILE, TRAIN_FILE, load_info  # noqa: F401  (the stages import them here)
 
 PIXEL_MAX = 255.0
 
@@ -56,11 +56,3 @@ def load_split(path: Path) -> Split:
     tensors = load_file(str(path))
     return Split(images=tensors["images"], labels=tensors["labels"])
 
-
-def load_info(prepared_dir: Path) -> dict:
-    """What preprocess recorded: dataset name, classes, raw SHA-256s, the mean/std used."""
-    return json.loads((Path(prepared_dir) / INFO_FILE).read_text())
-
-
-# File names inside the prepared folder (the folder itself is the stage's declared output).
-TRAIN_FILE, TEST_FILE, INFO_FILE = "train.safetensors", "test.safetensors", "dataset.json"

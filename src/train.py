@@ -42,6 +42,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_deterministic_algorithms(enabled: bool) -> None:
+    """torch.use_deterministic_algorithms without its side trip: the public function also imports
+    torch._inductor (about 2 s on 2 cores, in every training process) to set a torch.compile option that
+    this code never uses. The switch for the kernels we run is this one call."""
+    torch._C._set_deterministic_algorithms(enabled)
+
+
 def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, betas: tuple,
                    weight_decay: float) -> torch.optim.Optimizer:
     params = model.parameters()
@@ -66,16 +73,33 @@ class ManualReluSGDStep:
     """Forward, hand-written backward and SGD update of a ReLU MLP, in place, without an autograd graph.
 
     The same math as `autograd_step` with torch.optim.SGD (momentum, weight decay, no dampening or
-    Nesterov): gradients of mean cross-entropy through addmm+ReLU layers. At batch 64 on 2 CPU cores
-    autograd's per-op bookkeeping costs about as much as the matrix products; this removes it.
-    Momentum buffers live in optimizer.state, so checkpoints and a switch back to autograd see them.
+    Nesterov), through the same kernels autograd runs for cross-entropy and ReLU. At batch 64 on 2 CPU
+    cores autograd's per-op bookkeeping and the optimizer's extra passes over the weights cost about as
+    much as the matrix products; this keeps one matrix product per gradient and one pass over the weights.
+
+    The momentum is kept in an equivalent form whose gradient accumulation is a plain `addmm_` (beta 1: a
+    GEMM that also scales its output, beta = momentum, costs an extra pass over the weights):
+        SGD:   buf' = m·buf + g;          p' = p - lr·buf'
+        here:  u'   = u - lr/(1-m)·g;     p' = m·p + (1-m)·u'     with u = p - lr·m/(1-m)·buf
+    (substitute u into p' to get SGD's p'). `u` lives for one epoch: `finish()` writes SGD's momentum buffers
+    back into optimizer.state, so checkpoints, resumes and the autograd path see plain torch SGD state.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.SGD):
-        self.linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         self.optimizer = optimizer
         group = optimizer.param_groups[0]
         self.lr, self.momentum, self.weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+        self.weights = [layer.weight.detach() for layer in linears]
+        self.weights_t = [w.t() for w in self.weights]  # views: they follow the in-place updates
+        self.biases = [layer.bias.detach() for layer in linears]
+        self.params = [p for layer in linears for p in (layer.weight, layer.bias)]
+        # u in the docstring's notation; with momentum 0, u = p and the weights are updated directly.
+        self.gain = -self.lr / (1.0 - self.momentum)  # u' = u + gain·g
+        anchors = [self._anchor(p) for p in self.params]
+        self.weight_anchors, self.bias_anchors = anchors[0::2], anchors[1::2]
+        self.one = self.weights[0].new_ones(())  # d(loss)/d(loss), for nll_loss_backward
+        self.ones = None  # batch-sized ones: the bias gradient is G^T @ ones, accumulated by addmv_
 
     @staticmethod
     def applies(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
@@ -88,54 +112,57 @@ class ManualReluSGDStep:
                   and group.get("dampening") == 0 and not group.get("maximize"))
         return shape_ok and sgd_ok
 
-    def _update(self, param: torch.Tensor, grad: torch.Tensor) -> None:
-        """torch.optim.SGD's update: grad += wd·param; buf = momentum·buf + grad; param -= lr·buf."""
-        if self.weight_decay:
-            grad.add_(param, alpha=self.weight_decay)
-        if self.momentum:
-            state = self.optimizer.state[param]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                state["momentum_buffer"] = buf = grad.clone()
-            else:
-                buf.mul_(self.momentum).add_(grad)
-            grad = buf
-        param.sub_(grad, alpha=self.lr)
-
-    def _update_weight(self, param: torch.Tensor, grad_out_t: torch.Tensor, layer_input: torch.Tensor) -> None:
-        """_update for a weight whose gradient is grad_out_t @ layer_input, with the momentum step fused into
-        the matrix product (buf = momentum·buf + grad in one pass): the update is memory-bound at batch 64."""
-        buf = self.optimizer.state[param].get("momentum_buffer") if self.momentum else None
+    def _anchor(self, param: nn.Parameter) -> torch.Tensor:
+        """u = p - lr·m/(1-m)·buf (u = p before the first step: SGD's buffer starts as the first gradient)."""
+        if not self.momentum:
+            return param.detach()
+        buf = self.optimizer.state[param].get("momentum_buffer")
         if buf is None:
-            self._update(param, grad_out_t @ layer_input)
+            return param.detach().clone()
+        return param.detach() - (self.lr * self.momentum / (1.0 - self.momentum)) * buf
+
+    def finish(self) -> None:
+        """Store SGD's momentum buffers, buf = (p - u)·(1-m)/(lr·m), in optimizer.state."""
+        if not self.momentum:
             return
-        buf.addmm_(grad_out_t, layer_input, beta=self.momentum)
-        if self.weight_decay:
-            buf.add_(param, alpha=self.weight_decay)
-        param.sub_(buf, alpha=self.lr)
+        scale = (1.0 - self.momentum) / (self.lr * self.momentum)
+        anchors = [t for pair in zip(self.weight_anchors, self.bias_anchors) for t in pair]
+        for param, anchor in zip(self.params, anchors):
+            self.optimizer.state[param]["momentum_buffer"] = (param.detach() - anchor).mul_(scale)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        outputs = [x]
-        h = x
-        last = len(self.linears) - 1
-        for i, layer in enumerate(self.linears):
-            h = torch.addmm(layer.bias, h, layer.weight.t())
-            if i < last:
-                h.relu_()
-            outputs.append(h)
-        log_probs = h.log_softmax(dim=1)
-        rows = torch.arange(y.shape[0], device=y.device)
-        loss = -log_probs[rows, y].mean()
-        grad = log_probs.exp_()  # d(mean CE)/d(logits) = (softmax - onehot) / batch
-        grad[rows, y] -= 1.0
-        grad.div_(y.shape[0])
+        aten = torch.ops.aten
+        weights, weights_t, biases = self.weights, self.weights_t, self.biases
+        last = len(weights) - 1
+        inputs = [x]  # each layer's input: x, then the ReLU outputs
+        for i in range(last):
+            inputs.append(torch._addmm_activation(biases[i], inputs[i], weights_t[i]))  # addmm + relu, one op
+        logits = torch.addmm(biases[last], inputs[last], weights_t[last])
+        # Mean cross-entropy and its gradient (softmax - onehot)/batch, as autograd computes them.
+        log_probs = torch.log_softmax(logits, dim=1)
+        loss, total_weight = aten.nll_loss_forward(log_probs, y, None, 1, -100)  # 1: mean
+        grad = aten._log_softmax_backward_data(
+            aten.nll_loss_backward(self.one, log_probs, y, None, 1, -100, total_weight),
+            log_probs, 1, log_probs.dtype)
+        if self.ones is None or self.ones.shape[0] < y.shape[0]:
+            self.ones = torch.ones(y.shape[0], dtype=x.dtype, device=x.device)
+        ones, gain = self.ones[:y.shape[0]], self.gain
         for i in range(last, -1, -1):
-            layer, grad_out = self.linears[i], grad
-            if i > 0:  # ReLU's gradient: pass where its output was positive (uses the weight before its update)
-                grad = (grad_out @ layer.weight).mul_(outputs[i] > 0)
-            self._update_weight(layer.weight, grad_out.t(), outputs[i])
-            self._update(layer.bias, grad_out.sum(dim=0))
+            grad_t = grad.t()
+            if i:  # the gradient for the layer below, through ReLU, with this layer's weights before the update
+                grad_below = aten.threshold_backward(grad @ weights[i], inputs[i], 0)
+            if self.weight_decay:
+                self.weight_anchors[i].add_(weights[i], alpha=gain * self.weight_decay)
+                self.bias_anchors[i].add_(biases[i], alpha=gain * self.weight_decay)
+            self.weight_anchors[i].addmm_(grad_t, inputs[i], alpha=gain)
+            self.bias_anchors[i].addmv_(grad_t, ones, alpha=gain)
+            if self.momentum:  # p' = m·p + (1-m)·u', right after u' is written, while it is in cache
+                weights[i].lerp_(self.weight_anchors[i], 1.0 - self.momentum)
+            if i:
+                grad = grad_below
+        if self.momentum:
+            torch._foreach_lerp_(biases, self.bias_anchors, 1.0 - self.momentum)
         return loss
 
 
@@ -144,18 +171,19 @@ def train_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     """One pass over a fresh seeded permutation; returns the mean per-sample training loss.
     manual_step: use ManualReluSGDStep where it applies (else the autograd step)."""
     model.train()
-    if manual_step and ManualReluSGDStep.applies(model, optimizer):
-        step = ManualReluSGDStep(model, optimizer)
-    else:
-        step = lambda x, y: autograd_step(model, optimizer, x, y)  # noqa: E731
-    n = images.shape[0]
-    order = torch.randperm(n, generator=generator).to(images.device)
-    loss_sum = torch.zeros((), device=images.device)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        loss = step(images.index_select(0, idx), labels.index_select(0, idx))
-        loss_sum += loss * idx.numel()  # stays on device: no host sync per step
-    return float(loss_sum) / n
+    manual = ManualReluSGDStep(model, optimizer) if manual_step and ManualReluSGDStep.applies(
+        model, optimizer) else None
+    order = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    batch_labels = labels.index_select(0, order).split(batch_size)  # one gather an epoch, not one a step
+    losses = []
+    for idx, y in zip(order.split(batch_size), batch_labels):
+        x = images.index_select(0, idx)
+        losses.append(manual(x, y) if manual else autograd_step(model, optimizer, x, y))
+    if manual:
+        manual.finish()  # momentum buffers back into optimizer.state
+    sizes = torch.tensor([len(y) for y in batch_labels], dtype=losses[0].dtype, device=images.device)
+    # Mean per-sample loss; summed on the device and read once: no host sync per step.
+    return float(torch.stack(losses) @ sizes) / images.shape[0]
 
 
 @torch.inference_mode()

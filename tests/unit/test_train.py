@@ -151,3 +151,21 @@ def test_predict_batches_do_not_change_the_result(data):
     with torch.no_grad():
         direct = float(nn.functional.cross_entropy(model(data[2]), data[3]))
     assert l2 == pytest.approx(direct, rel=1e-6)
+
+
+def test_use_deterministic_algorithms_sets_torch_flag_without_importing_inductor():
+    """The stage's determinism switch is torch's own flag, and it skips torch.use_deterministic_algorithms'
+    ~2 s import of torch._inductor (checked in a fresh interpreter: this one may have imported it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, torch\n"
+            "from src.train import use_deterministic_algorithms\n"
+            "use_deterministic_algorithms(True)\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
+            "use_deterministic_algorithms(False)\n"
+            "assert not torch.are_deterministic_algorithms_enabled()\n"
+            "print('torch._inductor' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,0 +1,83 @@
+"""The hand-written backward (train.backward: manual) against autograd + torch.optim.SGD, in float64.
+
+In float64 the two must agree to rounding: weights, SGD momentum buffers and per-epoch losses. A wrong
+gradient, a wrong momentum form or a buffer not handed back to the optimizer shows up as a difference of
+order lr·gradient (about 1e-3 here), a billion times the tolerance.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.model import MLP
+from src.train import ManualReluSGDStep, make_optimizer, train_epoch
+
+N, IN, BATCH = 100, 20, 32  # 100 = 3·32 + 4: the last batch is partial
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N, IN, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (N,), generator=g)
+    return x, y
+
+
+def _setup(momentum, weight_decay, activation="relu", optimizer="sgd"):
+    torch.manual_seed(0)
+    model = MLP(IN, [16, 12], 10, activation).double()
+    opt = make_optimizer(model, optimizer, 0.05, momentum, (0.9, 0.999), weight_decay)
+    return model, opt
+
+
+def _epochs(model, opt, modes, x, y):
+    shuffle = torch.Generator().manual_seed(0)
+    return [train_epoch(model, x, y, batch_size=BATCH, optimizer=opt, generator=shuffle, manual_step=manual)
+            for manual in modes]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("weight_decay", [0.0, 1.0e-2])
+def test_manual_epochs_match_autograd_sgd(momentum, weight_decay):
+    x, y = _data()
+    ref_model, ref_opt = _setup(momentum, weight_decay)
+    ref_losses = _epochs(ref_model, ref_opt, [False] * 3, x, y)
+    model, opt = _setup(momentum, weight_decay)
+    assert ManualReluSGDStep.applies(model, opt)
+    losses = _epochs(model, opt, [True] * 3, x, y)
+
+    assert losses == pytest.approx(ref_losses, rel=1e-12)
+    assert ref_losses[-1] < ref_losses[0]  # it trained: the comparison is not between two no-ops
+    for (name, p), ref in zip(model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, ref, rtol=0, atol=1e-12, msg=name)
+        assert not torch.equal(p, _setup(momentum, weight_decay)[0].state_dict()[name])
+        if momentum:
+            torch.testing.assert_close(opt.state[p]["momentum_buffer"], ref_opt.state[ref]["momentum_buffer"],
+                                       rtol=0, atol=1e-10, msg=name)
+
+
+def test_switching_modes_between_epochs_keeps_sgd_state():
+    """manual, then autograd, then manual = autograd throughout: the momentum buffers are handed over."""
+    x, y = _data()
+    ref_model, ref_opt = _setup(0.9, 0.0)
+    ref_losses = _epochs(ref_model, ref_opt, [False] * 3, x, y)
+    model, opt = _setup(0.9, 0.0)
+    losses = _epochs(model, opt, [True, False, True], x, y)
+    assert losses == pytest.approx(ref_losses, rel=1e-12)
+    for p, ref in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation, optimizer, nesterov", [("tanh", "sgd", False), ("relu", "adam", False),
+                                                              ("relu", "sgd", True)])
+def test_other_setups_fall_back_to_autograd(activation, optimizer, nesterov):
+    x, y = _data()
+    model, opt = _setup(0.9, 0.0, activation, optimizer)
+    if nesterov:
+        opt.param_groups[0]["nesterov"] = True
+    assert not ManualReluSGDStep.applies(model, opt)
+    ref_model, ref_opt = _setup(0.9, 0.0, activation, optimizer)
+    if nesterov:
+        ref_opt.param_groups[0]["nesterov"] = True
+    assert _epochs(model, opt, [True], x, y) == _epochs(ref_model, ref_opt, [False], x, y)
+    for p, ref in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, ref)
