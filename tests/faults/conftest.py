@@ -50,11 +50,20 @@ def files_for_tests() -> dict[str, bytes]:
     return synthetic.raw_files(n_train=600, n_test=100)
 
 
+def _sigint_not_ignored() -> None:
+    """A shell starts a background job (`make test &`, nohup) with SIGINT ignored, and exec keeps an ignored
+    signal ignored: DVC and its stages would never see the Ctrl-C the tests send. A handled signal is reset
+    to its default in an exec'ed child, so handle it here the way Python does by default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class Proc:
     """A started process (own session, so its whole tree can be killed) whose merged output is collected
     line by line in a thread; wait_for() blocks until a line matches."""
 
     def __init__(self, args, cwd, env_):
+        _sigint_not_ignored()
         self.popen = subprocess.Popen(args, cwd=cwd, env=env_, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, bufsize=1, start_new_session=True)
         self.lines: list[str] = []
