@@ -109,7 +109,8 @@ class ManualReluSGDStep:
             isinstance(m, nn.ReLU) for m in layers[1::2]) and isinstance(layers[-1], nn.Linear)
         group = optimizer.param_groups[0] if len(optimizer.param_groups) == 1 else {}
         sgd_ok = (type(optimizer) is torch.optim.SGD and not group.get("nesterov")
-                  and group.get("dampening") == 0 and not group.get("maximize"))
+                  and group.get("dampening") == 0 and not group.get("maximize")
+                  and 0 <= group.get("momentum", 0) < 1)  # the u form divides by 1 - momentum
         return shape_ok and sgd_ok
 
     def _anchor(self, param: nn.Parameter) -> torch.Tensor:

@@ -67,6 +67,13 @@ def test_switching_modes_between_epochs_keeps_sgd_state():
         torch.testing.assert_close(p, ref, rtol=0, atol=1e-12)
 
 
+def test_momentum_of_one_is_left_to_autograd():
+    """params.yaml refuses momentum 1; an optimizer built by hand with it must not reach the u form's 1/(1-m)."""
+    model, opt = _setup(0.5, 0.0)
+    opt.param_groups[0]["momentum"] = 1.0
+    assert not ManualReluSGDStep.applies(model, opt)
+
+
 @pytest.mark.parametrize("activation, optimizer, nesterov", [("tanh", "sgd", False), ("relu", "adam", False),
                                                               ("relu", "sgd", True)])
 def test_other_setups_fall_back_to_autograd(activation, optimizer, nesterov):
