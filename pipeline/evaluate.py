@@ -12,7 +12,8 @@ from src.evaluate import confusion_matrix, evaluation_summary
 from src.fileio import sha256_file, write_bytes_atomic, write_json_atomic
 from src.model import load_model
 from src.params import load_params
-from src.preprocess import TEST_FILE, load_info, load_split
+from src.prepared import TEST_FILE, load_info
+from src.preprocess import load_split
 from src.tracking import open_tracker
 from src.train import predict
 

@@ -7,8 +7,8 @@ from src.cli import run
 from src.datasets import DATASETS
 from src.fileio import atomic_dir, sha256_file, write_json_atomic
 from src.params import load_params
-from src.preprocess import (INFO_FILE, TEST_FILE, TRAIN_FILE, Split, dataset_stats, load_raw, normalize,
-                            save_split, to_unit)
+from src.prepared import INFO_FILE, TEST_FILE, TRAIN_FILE
+from src.preprocess import Split, dataset_stats, load_raw, normalize, save_split, to_unit
 
 
 def main(argv=None):

@@ -10,7 +10,6 @@ from safetensors.torch import load_file, save_file
 from src.datasets import DatasetSpec
 from src.fileio import atomic_path
 from src.idx import read_split
-from src.prepared import INFO_FILE, TEST_FILE, TRAIN_FILE, load_info  # noqa: F401  (the stages import them here)
 
 PIXEL_MAX = 255.0
 

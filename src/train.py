@@ -96,8 +96,8 @@ class ManualReluSGDStep:
         self.params = [p for layer in linears for p in (layer.weight, layer.bias)]
         # u in the docstring's notation; with momentum 0, u = p and the weights are updated directly.
         self.gain = -self.lr / (1.0 - self.momentum)  # u' = u + gain·g
-        anchors = [self._anchor(p) for p in self.params]
-        self.weight_anchors, self.bias_anchors = anchors[0::2], anchors[1::2]
+        self.anchors = [self._anchor(p) for p in self.params]
+        self.weight_anchors, self.bias_anchors = self.anchors[0::2], self.anchors[1::2]
         self.one = self.weights[0].new_ones(())  # d(loss)/d(loss), for nll_loss_backward
         self.ones = None  # batch-sized ones: the bias gradient is G^T @ ones, accumulated by addmv_
 
@@ -127,8 +127,7 @@ class ManualReluSGDStep:
         if not self.momentum:
             return
         scale = (1.0 - self.momentum) / (self.lr * self.momentum)
-        anchors = [t for pair in zip(self.weight_anchors, self.bias_anchors) for t in pair]
-        for param, anchor in zip(self.params, anchors):
+        for param, anchor in zip(self.params, self.anchors):
             self.optimizer.state[param]["momentum_buffer"] = (param.detach() - anchor).mul_(scale)
 
     @torch.no_grad()
