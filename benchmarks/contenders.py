@@ -26,7 +26,7 @@ IN_FEATURES, NUM_CLASSES = 28 * 28, 10
 
 
 def _normalized_tensors(cfg: dict, params):
-    """Raw IDX -> normalized float32 N×784 tensors with the preprocess stage's own functions."""
+    """Raw IDX -> normalized float32 N×784 tensors with the preprocess stage's own (numpy) functions."""
     from src.preprocess import dataset_stats, load_raw, normalize, to_unit
     from benchmarks.common import mnist_spec
     train_images, train_labels, test_images, test_labels = load_raw(mnist_spec(), Path(cfg["raw"]))
@@ -40,7 +40,8 @@ def _normalized_tensors(cfg: dict, params):
     if limit:
         train_x, train_labels, test_x, test_labels = (train_x[:limit], train_labels[:limit],
                                                       test_x[:limit], test_labels[:limit])
-    return train_x.contiguous(), train_labels, test_x.contiguous(), test_labels
+    return (torch.from_numpy(train_x), torch.from_numpy(train_labels), torch.from_numpy(test_x),
+            torch.from_numpy(test_labels))
 
 
 class Baseline:

@@ -13,7 +13,7 @@ from src.fileio import sha256_file, write_bytes_atomic, write_json_atomic
 from src.model import load_model
 from src.params import load_params
 from src.prepared import TEST_FILE, load_info
-from src.preprocess import load_split
+from src.prepared_torch import load_split
 from src.tracking import open_tracker
 from src.train import predict
 

@@ -8,7 +8,7 @@ from src.datasets import DATASETS
 from src.fileio import atomic_dir, sha256_file, write_json_atomic
 from src.params import load_params
 from src.prepared import INFO_FILE, TEST_FILE, TRAIN_FILE
-from src.preprocess import Split, dataset_stats, load_raw, normalize, save_split, to_unit
+from src.preprocess import dataset_stats, load_raw, normalize, save_split, to_unit
 
 
 def main(argv=None):
@@ -30,8 +30,8 @@ def main(argv=None):
           f" normalized with mean {mean:.6f} std {std:.6f}")
 
     with atomic_dir(args.out) as staging:
-        save_split(staging / TRAIN_FILE, Split(normalize(train_x, mean, std), train_labels))
-        save_split(staging / TEST_FILE, Split(normalize(test_x, mean, std), test_labels))
+        save_split(staging / TRAIN_FILE, normalize(train_x, mean, std), train_labels)
+        save_split(staging / TEST_FILE, normalize(test_x, mean, std), test_labels)
         write_json_atomic(staging / INFO_FILE, {
             "dataset": spec.name,
             "classes": list(spec.classes),

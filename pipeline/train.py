@@ -18,7 +18,7 @@ from src.fileio import sha256_file, write_json_atomic
 from src.model import MLP, architecture, save_model
 from src.params import flatten, load_params
 from src.prepared import TEST_FILE, TRAIN_FILE, load_info
-from src.preprocess import load_split
+from src.prepared_torch import load_split
 from src.tracking import open_tracker, run_context_tags
 from src.train import make_optimizer, resolve_device, train, use_deterministic_algorithms
 

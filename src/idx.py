@@ -5,7 +5,7 @@ import math
 import struct
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from src.errors import ExplainedError
 
@@ -16,8 +16,9 @@ class IdxError(ExplainedError, ValueError):
     """A file is not the IDX file it should be; the message names the file and the problem."""
 
 
-def parse_idx(data: bytes, *, ndim: int, name: str) -> torch.Tensor:
-    """Parse IDX bytes holding unsigned bytes in `ndim` dimensions into a uint8 tensor."""
+def parse_idx(data: bytes, *, ndim: int, name: str) -> np.ndarray:
+    """Parse IDX bytes holding unsigned bytes in `ndim` dimensions into a uint8 array (a read-only view of
+    `data`: no copy)."""
     if len(data) < 4:
         raise IdxError(f"{name}: {len(data)} bytes, too short for an IDX header")
     if data[0:2] != b"\x00\x00":
@@ -35,13 +36,12 @@ def parse_idx(data: bytes, *, ndim: int, name: str) -> torch.Tensor:
     if len(data) != expected:
         raise IdxError(f"{name}: {len(data)} bytes, but its header {list(dims)} needs {expected}"
                        f" ({'truncated' if len(data) < expected else 'trailing bytes'})")
-    if expected == header:  # no items: torch.frombuffer refuses an empty buffer
-        return torch.empty(dims, dtype=torch.uint8)
-    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def read_split(images_path: Path, labels_path: Path, *, image_shape: tuple, num_classes: int):
-    """One split: (uint8 images N×H×W, int64 labels N), checked against each other and the dataset."""
+    """One split: (uint8 images N×H×W, int64 labels N) as numpy arrays, checked against each other and the
+    dataset."""
     images = parse_idx(Path(images_path).read_bytes(), ndim=3, name=str(images_path))
     labels = parse_idx(Path(labels_path).read_bytes(), ndim=1, name=str(labels_path))
     if tuple(images.shape[1:]) != tuple(image_shape):
@@ -50,6 +50,6 @@ def read_split(images_path: Path, labels_path: Path, *, image_shape: tuple, num_
         raise IdxError(f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} images in {images_path}")
     if images.shape[0] == 0:
         raise IdxError(f"{images_path}: holds no items")
-    if labels.numel() and int(labels.max()) >= num_classes:
+    if labels.size and int(labels.max()) >= num_classes:
         raise IdxError(f"{labels_path}: label {int(labels.max())} outside 0..{num_classes - 1}")
-    return images, labels.long()
+    return images, labels.astype(np.int64)

@@ -1,43 +1,41 @@
-"""Raw IDX -> normalized float tensors, saved as safetensors (no pickle: loading runs no code)."""
+"""Raw IDX -> normalized float32 arrays, saved as safetensors (no pickle: loading runs no code).
+
+numpy only: the preprocess stage does not pay torch's 2 s import. The arithmetic is torchvision's, in the same
+float32 order (ToTensor: x / 255; Normalize: (x - mean) / std), so the bytes equal what torch computes.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+import numpy as np
+from safetensors.numpy import save_file
 
 from src.datasets import DatasetSpec
 from src.fileio import atomic_path
 from src.idx import read_split
 
-PIXEL_MAX = 255.0
+PIXEL_MAX = np.float32(255.0)
 
 
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # float32 N×(H·W), normalized
-    labels: torch.Tensor  # int64 N
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
+def to_unit(images: np.ndarray) -> np.ndarray:
     """uint8 N×H×W -> float32 N×(H·W) in [0, 1], as ToTensor does."""
-    return images.reshape(images.shape[0], -1).to(torch.float32).div_(PIXEL_MAX)
+    return images.reshape(images.shape[0], -1).astype(np.float32) / PIXEL_MAX
 
 
-def normalize(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """(x - mean) / std, as torchvision.transforms.Normalize computes it."""
-    return x.sub(mean).div_(std)
+def normalize(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """(x - mean) / std in float32, as torchvision.transforms.Normalize computes it."""
+    out = np.subtract(x, np.float32(mean), dtype=np.float32)
+    return np.divide(out, np.float32(std), out=out)
 
 
-def dataset_stats(x_unit: torch.Tensor) -> tuple[float, float]:
+def dataset_stats(x_unit: np.ndarray) -> tuple[float, float]:
     """Mean and (population) std of every pixel, in float64 so 47 M values sum exactly enough."""
-    x = x_unit.to(torch.float64)
-    return float(x.mean()), float(x.std(correction=0))
+    x = x_unit.astype(np.float64)
+    return float(x.mean()), float(x.std(ddof=0))
 
 
 def load_raw(spec: DatasetSpec, raw_dir: Path):
-    """(train_images, train_labels, test_images, test_labels) as uint8 / int64, strictly parsed."""
+    """(train_images, train_labels, test_images, test_labels) as uint8 / int64 arrays, strictly parsed."""
     raw_dir = Path(raw_dir)
     f = spec.files
     kw = dict(image_shape=spec.image_shape, num_classes=len(spec.classes))
@@ -46,12 +44,7 @@ def load_raw(spec: DatasetSpec, raw_dir: Path):
     return (*train, *test)
 
 
-def save_split(path: Path, split: Split) -> None:
+def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """One split file: images (N×(H·W) float32, normalized) and labels (N int64); src.prepared reads it."""
     with atomic_path(path) as tmp:
-        save_file({"images": split.images.contiguous(), "labels": split.labels.contiguous()}, str(tmp))
-
-
-def load_split(path: Path) -> Split:
-    tensors = load_file(str(path))
-    return Split(images=tensors["images"], labels=tensors["labels"])
-
+        save_file({"images": np.ascontiguousarray(images), "labels": np.ascontiguousarray(labels)}, str(tmp))

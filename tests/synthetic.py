@@ -29,6 +29,12 @@ def idx_bytes(tensor: torch.Tensor) -> bytes:
     return header + tensor.contiguous().numpy().tobytes()
 
 
+def normalized(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 torch images -> the preprocess stage's normalized float32 rows (src.preprocess), as a tensor."""
+    from src.preprocess import normalize, to_unit
+    return torch.from_numpy(normalize(to_unit(images.numpy()), mean, std))
+
+
 def make_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 10

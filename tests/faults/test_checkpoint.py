@@ -12,7 +12,6 @@ import torch
 from src.checkpoint import Checkpoint
 from src.model import MLP
 from src.params import parse_params
-from src.preprocess import normalize, to_unit
 from src.train import make_optimizer, train
 from tests import synthetic
 
@@ -35,7 +34,7 @@ def tiny():
 def data():
     tr_x, tr_y = synthetic.make_split(300, 0)
     te_x, te_y = synthetic.make_split(100, 1)
-    return (normalize(to_unit(tr_x), 0.13, 0.3), tr_y.long(), normalize(to_unit(te_x), 0.13, 0.3), te_y.long())
+    return (synthetic.normalized(tr_x, 0.13, 0.3), tr_y.long(), synthetic.normalized(te_x, 0.13, 0.3), te_y.long())
 
 
 @pytest.fixture

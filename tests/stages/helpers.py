@@ -1,6 +1,9 @@
 """Helpers of the stage tests: the tiny dataset's paths and the stages called the way dvc.yaml calls them."""
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +40,13 @@ def run_download(tiny: Tiny, params: Path):
     return download.main(["--params", str(params), "--out", tiny.path("raw")])
 
 
+def preprocess_argv(tiny: Tiny, params: Path, raw: Path | None = None) -> list[str]:
+    return ["--params", str(params), "--raw", str(raw or tiny.paths["raw"]), "--out", tiny.path("prepared")]
+
+
 def run_preprocess(tiny: Tiny, params: Path, raw: Path | None = None):
     from pipeline import preprocess
-    return preprocess.main(["--params", str(params), "--raw", str(raw or tiny.paths["raw"]),
-                            "--out", tiny.path("prepared")])
+    return preprocess.main(preprocess_argv(tiny, params, raw))
 
 
 def run_train(tiny: Tiny, params: Path, model: Path | None = None, history: Path | None = None):
@@ -57,8 +63,23 @@ def run_evaluate(tiny: Tiny, params: Path, model: Path | None = None):
                           "--confusion", tiny.path("confusion"), "--predictions", tiny.path("predictions")])
 
 
+def plot_argv(tiny: Tiny, params: Path) -> list[str]:
+    return ["--params", str(params), "--data", tiny.path("prepared"), "--model", tiny.path("model"),
+            "--history", tiny.path("history"), "--confusion", tiny.path("confusion"),
+            "--predictions", tiny.path("predictions"), "--out", tiny.path("plots")]
+
+
 def run_plot(tiny: Tiny, params: Path):
     from pipeline import plot
-    return plot.main(["--params", str(params), "--data", tiny.path("prepared"), "--model", tiny.path("model"),
-                      "--history", tiny.path("history"), "--confusion", tiny.path("confusion"),
-                      "--predictions", tiny.path("predictions"), "--out", tiny.path("plots")])
+    return plot.main(plot_argv(tiny, params))
+
+
+def torch_modules_loaded_by(tiny: Tiny, stage: str, argv: list[str]) -> list[str]:
+    """Run pipeline.<stage>.main(argv) in a fresh interpreter (this one has torch loaded) with the tiny dataset
+    registered there too; return the torch modules that process imported."""
+    code = ("import sys\nfrom src.datasets import DatasetSpec, register\n" + synthetic.registration_code(tiny.files)
+            + f"from pipeline.{stage} import main\nmain({argv!r})\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=synthetic.ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])

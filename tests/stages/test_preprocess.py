@@ -12,7 +12,8 @@ from torchvision import transforms
 
 from src.idx import IdxError
 from tests import synthetic
-from tests.stages.helpers import run_preprocess, staging_leftovers
+from tests.stages.helpers import (preprocess_argv, run_preprocess, staging_leftovers,
+                                  torch_modules_loaded_by)
 from tests.synthetic import write_files
 
 
@@ -117,3 +118,11 @@ def test_label_out_of_range_is_refused(tiny):
     write_raw(tiny, files)
     with pytest.raises(IdxError, match="label 10 outside 0..9"):
         run_preprocess(tiny, params)
+
+
+def test_preprocess_runs_without_torch(tiny):
+    """The stage is numpy only: a fresh process running it never imports torch (its ~2 s import)."""
+    params = tiny.params()
+    write_raw(tiny, tiny.files)
+    assert torch_modules_loaded_by(tiny, "preprocess", preprocess_argv(tiny, params)) == []
+    assert (tiny.paths["prepared"] / "train.safetensors").is_file()

@@ -11,9 +11,10 @@ from PIL import Image
 
 from src.model import load_model
 from src.params import load_params
-from src.preprocess import load_split
+from src.prepared_torch import load_split
 from src.train import predict
-from tests.stages.helpers import run_evaluate, run_plot, run_train, staging_leftovers
+from tests.stages.helpers import (plot_argv, run_evaluate, run_plot, run_train, staging_leftovers,
+                                  torch_modules_loaded_by)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["confusion_matrix.png", "loss_accuracy.png", "misclassified.png"]
@@ -126,3 +127,11 @@ def test_tampered_model_is_refused_before_its_code_runs(prepared):
     # Control: the file is really hostile, an unrestricted load would have run it.
     torch.load(evil, weights_only=False)
     assert marker.exists()
+
+
+def test_plot_runs_without_torch(trained):
+    """The plot stage reads the prepared arrays with numpy: a fresh process running it never imports torch."""
+    tiny, params = trained
+    run_evaluate(tiny, params)
+    assert torch_modules_loaded_by(tiny, "plot", plot_argv(tiny, params)) == []
+    assert (tiny.paths["plots"] / "confusion_matrix.png").is_file()

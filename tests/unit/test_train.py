@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from src.model import MLP
-from src.preprocess import normalize, to_unit
 from src.train import EpochResult, NonFiniteLoss, make_optimizer, predict, train
+from tests.synthetic import normalized
 
 # train() gained a `manual_step` switch (hand-written backward); exercise every mode it offers.
 _HAS_MODES = "manual_step" in inspect.signature(train).parameters
@@ -24,7 +24,7 @@ def mode_kwargs(mode):
 @pytest.fixture
 def data(tiny_split):
     tr_x, tr_y, te_x, te_y = tiny_split
-    return normalize(to_unit(tr_x), 0.13, 0.3), tr_y, normalize(to_unit(te_x), 0.13, 0.3), te_y
+    return normalized(tr_x, 0.13, 0.3), tr_y, normalized(te_x, 0.13, 0.3), te_y
 
 
 def run_training(data, *, init_seed: int, shuffle_seed: int, mode, lr: float = 0.05, epochs: int = 2,
@@ -153,19 +153,39 @@ def test_predict_batches_do_not_change_the_result(data):
     assert l2 == pytest.approx(direct, rel=1e-6)
 
 
-def test_use_deterministic_algorithms_sets_torch_flag_without_importing_inductor():
-    """The stage's determinism switch is torch's own flag, and it skips torch.use_deterministic_algorithms'
-    ~2 s import of torch._inductor (checked in a fresh interpreter: this one may have imported it)."""
+def fresh_interpreter(code: str) -> list[str]:
+    """Run code in a new Python (this one may have imported torch._inductor / _dynamo); its printed words."""
     import subprocess
     import sys
     from pathlib import Path
-    code = ("import sys, torch\n"
-            "from src.train import use_deterministic_algorithms\n"
-            "use_deterministic_algorithms(True)\n"
-            "assert torch.are_deterministic_algorithms_enabled()\n"
-            "use_deterministic_algorithms(False)\n"
-            "assert not torch.are_deterministic_algorithms_enabled()\n"
-            "print('torch._inductor' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
-                         capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    return subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_use_deterministic_algorithms_sets_torch_flag_without_importing_inductor():
+    """The stage's determinism switch is torch's own flag, and it skips torch.use_deterministic_algorithms'
+    ~2 s import of torch._inductor."""
+    assert fresh_interpreter("import sys, torch\n"
+                             "from src.train import use_deterministic_algorithms\n"
+                             "use_deterministic_algorithms(True)\n"
+                             "assert torch.are_deterministic_algorithms_enabled()\n"
+                             "use_deterministic_algorithms(False)\n"
+                             "assert not torch.are_deterministic_algorithms_enabled()\n"
+                             "print('torch._inductor' in sys.modules)\n") == ["False"]
+
+
+def test_make_optimizer_skips_the_dynamo_import_and_the_optimizer_still_steps():
+    """Building the optimizer no longer imports torch._dynamo (~2 s per training process), and the optimizer
+    it builds still takes torch's own step (which does import it) with the usual result."""
+    assert fresh_interpreter(
+        "import sys, torch\n"
+        "from src.model import MLP\n"
+        "from src.train import make_optimizer\n"
+        "model = MLP(6, [5], 3, 'relu')\n"
+        "opt = make_optimizer(model, 'sgd', 0.5, 0.0, (0.9, 0.999), 0.0)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+        "before = [p.detach().clone() for p in model.parameters()]\n"
+        "torch.nn.functional.cross_entropy(model(torch.ones(2, 6)), torch.tensor([0, 2])).backward()\n"
+        "opt.step()\n"
+        "print(all(torch.equal(p, b - 0.5 * p.grad) for p, b in zip(model.parameters(), before)))\n"
+    ) == ["False", "True"]
