@@ -14,6 +14,11 @@ What each reported number means (wall-clock seconds of the dvc command, measured
   repro_rest_s      then `dvc repro`: preprocess, train, evaluate, plot with the raw data already in place
                     (the full pipeline's cost on a machine that has the data). train_epoch_s: the train
                     stage's own per-epoch times, parsed from its output.
+  baseline          right after that repro, the conventional course script (train_speed's baseline contender,
+                    same epochs) alone in a new Python process: script_s is that process's wall time (start,
+                    imports, data, every epoch), the way the course runs it as a plain script, and
+                    full_repro_over_baseline = repro_rest_s / script_s (issue #4's "full dvc repro with raw
+                    data in place ≤ 0.35 × the baseline's time", both measured within minutes of each other).
   noop_repro_s      `dvc repro` with nothing changed (results committed): median and every repeat.
   sweep[jobs=J]     an N-experiment learning-rate sweep queued with
                     `dvc exp run --queue -S train.lr=<list> -S train.threads=T` (queue_s: that command), then
@@ -55,6 +60,7 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, default=10, help="train.epochs in the copy (default 10)")
     ap.add_argument("--lrs", default="0.005,0.02,0.03,0.05", help="learning rates of each sweep")
     ap.add_argument("--noop-repeats", type=int, default=3, help="no-op `dvc repro` repeats (median reported)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip timing the course script after the repro")
     ap.add_argument("--raw", help="folder with the four raw MNIST IDX files (default: data/raw, else download)")
     ap.add_argument("--workdir", help="parent folder of the temp copy (default: the system temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the temp copy (its path is printed)")
@@ -206,6 +212,18 @@ def sweep(proj: Path, lrs: list[str], jobs: int, threads: int, timeout: float) -
             "mlflow_runs_added": mlflow_runs(proj) - runs_before, "queue_status_table": table.strip()}
 
 
+def baseline_script(raw: Path, epochs: int, out: Path, timeout: float) -> dict:
+    """The course's conventional script (train_speed's baseline) alone in a new process, timed from outside."""
+    cmd = [sys.executable, "-m", "benchmarks.train_speed", "--only", "baseline", "--no-rss",
+           "--epochs", str(epochs), "--raw", str(raw), "--out", str(out)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=timeout, capture_output=True, text=True)
+    script_s = time.perf_counter() - t0
+    b = json.loads(out.read_text())["contenders"]["baseline"]
+    log(f"baseline script: {script_s:.1f} s (its epochs {b['total_s']:.1f} s, accuracy {100 * b['final_accuracy']:.2f}%)")
+    return {"script_s": script_s, "epochs_total_s": b["total_s"], "final_accuracy": b["final_accuracy"]}
+
+
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -238,6 +256,9 @@ def main(argv=None):
         log(f"dvc repro (preprocess..plot): {rest_s:.1f} s; train epochs {epoch_s}")
         results["full_repro"] = {"download_s": download_s, "repro_rest_s": rest_s, "stages": ran,
                                  "train_epoch_s": epoch_s, "total_s": download_s + rest_s}
+        if not args.no_baseline:
+            results["baseline"] = baseline_script(raw, args.epochs, work / "baseline.json", args.timeout)
+            results["full_repro"]["full_repro_over_baseline"] = rest_s / results["baseline"]["script_s"]
         git(proj, "add", "-A")
         git(proj, "commit", "-q", "-m", "pipeline results")
         # (b) no-op repro
@@ -277,6 +298,9 @@ def print_results(r: dict) -> None:
         print(f"  dvc repro preprocess..plot (raw data in place)        {f['repro_rest_s']:8.1f}")
         if f["train_epoch_s"]:
             print(f"    train stage epochs: {', '.join(f'{x:.1f}' for x in f['train_epoch_s'])}")
+    if "baseline" in r:
+        print(f"  course script (baseline), a plain Python process       {r['baseline']['script_s']:8.1f}")
+        print(f"  full repro / baseline script                          {r['full_repro']['full_repro_over_baseline']:8.2f}x")
     if "noop_repro" in r:
         n = r["noop_repro"]
         print(f"  no-op dvc repro, median of {len(n['runs_s'])}                          {n['median_s']:8.1f}")

@@ -73,6 +73,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="2 epochs (with --scale: epochs 1,2; 1 epoch per batch size)")
     ap.add_argument("--threads", type=int, help="torch threads for every contender (default: train.threads)")
     ap.add_argument("--skip-baseline", action="store_true", help="time only ours and floor")
+    ap.add_argument("--only", choices=ORDER, help="time this contender alone (benchmarks.sweep: the baseline)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
     ap.add_argument("--limit-samples", type=int, help="debug only: use the first N train and test samples")
     ap.add_argument("--scale", action="store_true", help="ours only: time vs epochs and vs batch size")
@@ -294,7 +295,7 @@ def main(argv=None):
         print(f"\nwrote {out}")
         return 0
 
-    names = [n for n in ORDER if not (args.skip_baseline and n == "baseline")]
+    names = [args.only] if args.only else [n for n in ORDER if not (args.skip_baseline and n == "baseline")]
     # Peak-RSS children first, while this process is small: ru_maxrss survives exec, so a child spawned from a
     # parent that already holds torch and the data would report at least the parent's size.
     rss = {} if args.no_rss else measure_rss(names, cfg)

@@ -1,4 +1,8 @@
-"""Stage evaluate: final test metrics, confusion matrix and per-sample predictions of the trained model."""
+"""Stage evaluate: final test metrics, confusion matrix and per-sample predictions of the trained model.
+
+No MLflow here (its import and store cost ~3 s a process): the plot stage, which runs next, logs these files
+and the plots into the training's run.
+"""
 import argparse
 import csv
 import io
@@ -9,12 +13,11 @@ import torch
 
 from src.cli import run
 from src.evaluate import confusion_matrix, evaluation_summary
-from src.fileio import sha256_file, write_bytes_atomic, write_json_atomic
+from src.fileio import write_bytes_atomic, write_json_atomic
 from src.model import load_model
 from src.params import load_params
 from src.prepared import TEST_FILE, load_info
 from src.prepared_torch import load_split
-from src.tracking import open_tracker
 from src.train import predict
 
 
@@ -31,29 +34,19 @@ def main(argv=None):
     torch.set_num_threads(params.train.threads)
 
     model, _ = load_model(args.model)  # weights_only=True: a tampered file is refused before anything runs
-    tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)
-    with tracker.attached_run(sha256_file(args.model)) as mlrun:
-        info = load_info(Path(args.data))
-        classes = info["classes"]
-        test = load_split(Path(args.data) / TEST_FILE)
-        loss, accuracy, predicted, _ = predict(model, test.images, test.labels,
-                                               batch_size=params.train.eval_batch_size)
-        confusion = confusion_matrix(test.labels, predicted, len(classes))
-        summary = evaluation_summary(loss, accuracy, confusion, classes)
-        write_json_atomic(args.metrics, summary)
-        write_json_atomic(args.confusion, {"classes": classes, "counts": confusion.tolist()})
-        table = io.StringIO()
-        writer = csv.writer(table, lineterminator="\n")
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((classes[t], classes[p]) for t, p in zip(test.labels.tolist(), predicted.tolist()))
-        write_bytes_atomic(args.predictions, table.getvalue().encode())
-        print(f"evaluate: test accuracy {100 * accuracy:.2f}%  test loss {loss:.4f}")
-
-        mlrun.log_metrics({"final_test_accuracy": accuracy, "final_test_loss": loss,
-                           **{f"final_class_accuracy.{name}": acc
-                              for name, acc in summary["per_class_accuracy"].items()}})
-        for path in (args.metrics, args.confusion):
-            mlrun.log_artifact(path, "evaluation")
+    info = load_info(Path(args.data))
+    classes = info["classes"]
+    test = load_split(Path(args.data) / TEST_FILE)
+    loss, accuracy, predicted, _ = predict(model, test.images, test.labels, batch_size=params.train.eval_batch_size)
+    confusion = confusion_matrix(test.labels, predicted, len(classes))
+    write_json_atomic(args.metrics, evaluation_summary(loss, accuracy, confusion, classes))
+    write_json_atomic(args.confusion, {"classes": classes, "counts": confusion.tolist()})
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows((classes[t], classes[p]) for t, p in zip(test.labels.tolist(), predicted.tolist()))
+    write_bytes_atomic(args.predictions, table.getvalue().encode())
+    print(f"evaluate: test accuracy {100 * accuracy:.2f}%  test loss {loss:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Stage plot: PNGs of the loss/accuracy curves, the confusion matrix and misclassified test digits."""
+"""Stage plot: PNGs of the loss/accuracy curves, the confusion matrix and misclassified test digits.
+
+It also reports to MLflow for evaluate (which does not import it): the final metrics, the evaluation files
+and the PNGs go into the run that trained the model.
+"""
 import argparse
 import csv
 import sys
@@ -9,7 +13,7 @@ from src.fileio import atomic_dir, read_json, sha256_file
 from src.params import load_params
 from src.plots import confusion_heatmap, loss_accuracy, misclassified_grid
 from src.prepared import TEST_FILE, load_arrays, load_info
-from src.tracking import open_tracker
+from src.tracking import evaluation_metrics, open_tracker
 
 
 def main(argv=None):
@@ -18,6 +22,7 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="prepared folder (for the test images)")
     parser.add_argument("--model", required=True, help="model file (only to find its MLflow run)")
     parser.add_argument("--history", required=True, help="train's per-epoch history JSON")
+    parser.add_argument("--metrics", required=True, help="evaluate's metrics JSON (logged to MLflow)")
     parser.add_argument("--confusion", required=True, help="evaluate's confusion-matrix JSON")
     parser.add_argument("--predictions", required=True, help="evaluate's predictions CSV")
     parser.add_argument("--out", required=True, help="folder for the PNGs (replaced whole)")
@@ -42,6 +47,9 @@ def main(argv=None):
             confusion_heatmap(read_json(args.confusion)["counts"], classes, out / "confusion_matrix.png", dpi)
             misclassified_grid(images, true, predicted, classes, out / "misclassified.png", dpi,
                                params.plot.misclassified)
+        mlrun.log_metrics(evaluation_metrics(read_json(args.metrics)))
+        for path in (args.metrics, args.confusion):
+            mlrun.log_artifact(path, "evaluation")
         for png in sorted(Path(args.out).glob("*.png")):
             mlrun.log_artifact(png, "plots")
         print(f"plot: wrote {', '.join(p.name for p in sorted(Path(args.out).glob('*.png')))}")

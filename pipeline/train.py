@@ -90,7 +90,7 @@ def main(argv=None):
         mlrun.log_artifact(args.model, "weights")
         if params.tracking.log_model:
             mlrun.log_pytorch_model(model.cpu(), test_split.images[:4].numpy())
-        mlrun.set_model_hash(model_hash)  # last: evaluate/plot find only complete runs
+        mlrun.set_model_hash(model_hash)  # last: the plot stage finds only complete runs
     if ckpt:
         ckpt.remove()  # the outputs are complete: nothing left to resume
 

@@ -19,7 +19,7 @@ from src.tracking import NullRun, project_root, store_uri
 
 MODEL_HASH_TAG = "model_sha256"
 MODEL_URI_TAG = "mlflow_model_uri"  # models:/<model_id> of the logged MLflow model
-# A run whose training DVC restored from its run-cache for another experiment, whose evaluate/plot then ran:
+# A run whose training DVC restored from its run-cache for another experiment, whose plot stage then ran:
 REUSED_TAG = "dvc_exp_names_reused"  # those experiments' names, comma-separated
 REUSED_ARTIFACTS = "dvc_exp_reused"  # their stages' files go to dvc_exp_reused/<experiment>/...
 REUSED_FAILED_TAG = "dvc_exp_reused_failed"  # .<experiment>: why its stage failed (the run keeps its status)
@@ -151,7 +151,7 @@ class RunHandle:
         self.set_tags({MODEL_URI_TAG: info.model_uri})
 
     def set_model_hash(self, model_sha256: str) -> None:
-        """Mark the run as the producer of this model file; evaluate and plot look runs up by it."""
+        """Mark the run as the producer of this model file; the plot stage looks runs up by it."""
         self.set_tags({MODEL_HASH_TAG: model_sha256})
 
     def end(self, status: str, reason: str | None = None) -> None:

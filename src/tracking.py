@@ -1,9 +1,9 @@
 """Experiment tracking behind one small interface; MLflow itself lives in src/mlflow_tracker.py.
 
 `open_tracker(enabled, experiment)` returns the MLflow Tracker, or a NullTracker of the same interface when
-tracking is off (then mlflow is never imported). The training stage opens a run; evaluate and plot attach
-to the run that produced the model they consumed, found by the model file's SHA-256 (a run id never goes
-into a DVC-tracked output).
+tracking is off (then mlflow is never imported). The training stage opens a run; the plot stage attaches to
+the run that produced the model it consumed, found by the model file's SHA-256 (a run id never goes into a
+DVC-tracked output), and logs evaluate's results and the plots there.
 """
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def run_context_tags() -> dict[str, str]:
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags
+
+
+def evaluation_metrics(summary: dict) -> dict[str, float]:
+    """evaluate's metrics file (src.evaluate.evaluation_summary) as the run's final_* metrics."""
+    return {"final_test_accuracy": summary["test_accuracy"], "final_test_loss": summary["test_loss"],
+            **{f"final_class_accuracy.{name}": acc for name, acc in summary["per_class_accuracy"].items()}}
 
 
 class NullRun:

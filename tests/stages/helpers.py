@@ -56,17 +56,22 @@ def run_train(tiny: Tiny, params: Path, model: Path | None = None, history: Path
                        "--history", str(history or tiny.paths["history"])])
 
 
+def evaluate_argv(tiny: Tiny, params: Path, model: Path | None = None) -> list[str]:
+    return ["--params", str(params), "--data", tiny.path("prepared"), "--model", str(model or tiny.paths["model"]),
+            "--metrics", tiny.path("metrics"), "--confusion", tiny.path("confusion"),
+            "--predictions", tiny.path("predictions")]
+
+
 def run_evaluate(tiny: Tiny, params: Path, model: Path | None = None):
     from pipeline import evaluate
-    return evaluate.main(["--params", str(params), "--data", tiny.path("prepared"),
-                          "--model", str(model or tiny.paths["model"]), "--metrics", tiny.path("metrics"),
-                          "--confusion", tiny.path("confusion"), "--predictions", tiny.path("predictions")])
+    return evaluate.main(evaluate_argv(tiny, params, model))
 
 
 def plot_argv(tiny: Tiny, params: Path) -> list[str]:
     return ["--params", str(params), "--data", tiny.path("prepared"), "--model", tiny.path("model"),
-            "--history", tiny.path("history"), "--confusion", tiny.path("confusion"),
-            "--predictions", tiny.path("predictions"), "--out", tiny.path("plots")]
+            "--history", tiny.path("history"), "--metrics", tiny.path("metrics"),
+            "--confusion", tiny.path("confusion"), "--predictions", tiny.path("predictions"),
+            "--out", tiny.path("plots")]
 
 
 def run_plot(tiny: Tiny, params: Path):
@@ -74,12 +79,12 @@ def run_plot(tiny: Tiny, params: Path):
     return plot.main(plot_argv(tiny, params))
 
 
-def torch_modules_loaded_by(tiny: Tiny, stage: str, argv: list[str]) -> list[str]:
-    """Run pipeline.<stage>.main(argv) in a fresh interpreter (this one has torch loaded) with the tiny dataset
-    registered there too; return the torch modules that process imported."""
+def packages_imported_by(tiny: Tiny, stage: str, argv: list[str]) -> list[str]:
+    """Run pipeline.<stage>.main(argv) in a fresh interpreter (this one has torch and mlflow loaded) with the
+    tiny dataset registered there too; return the top-level packages that process imported."""
     code = ("import sys\nfrom src.datasets import DatasetSpec, register\n" + synthetic.registration_code(tiny.files)
             + f"from pipeline.{stage} import main\nmain({argv!r})\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
+            "print(sorted({m.split('.')[0] for m in sys.modules}))\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=synthetic.ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return ast.literal_eval(done.stdout.strip().splitlines()[-1])

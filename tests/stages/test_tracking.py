@@ -7,7 +7,7 @@ import pytest
 
 from src.params import flatten, load_params
 from src.train import NonFiniteLoss
-from tests.stages.helpers import run_evaluate, run_plot, run_train
+from tests.stages.helpers import evaluate_argv, packages_imported_by, run_evaluate, run_plot, run_train
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,23 @@ def test_tracked_chain_logs_one_finished_run(prepared, store):
     assert artifact_paths(store, run_id, "evaluation") == ["evaluation/confusion_matrix.json", "evaluation/eval.json"]
     assert artifact_paths(store, run_id, "plots") == ["plots/confusion_matrix.png", "plots/loss_accuracy.png",
                                                       "plots/misclassified.png"]
+
+
+def test_evaluate_leaves_mlflow_to_plot(prepared, store):
+    """With tracking on, evaluate still never imports mlflow (its import and store cost ~3 s a process): the
+    run has no final metrics until plot logs them from evaluate's metrics file."""
+    tiny, _ = prepared
+    store, experiment = store
+    params_path = tiny.params(name="split.yaml", **{"tracking.enabled": True, "tracking.experiment": experiment})
+    run_train(tiny, params_path)
+    assert "mlflow" not in packages_imported_by(tiny, "evaluate", evaluate_argv(tiny, params_path))
+    (run,) = runs_of(store, experiment)
+    assert "final_test_accuracy" not in run.data.metrics
+    run_plot(tiny, params_path)
+    (run,) = runs_of(store, experiment)
+    evaluation = json.loads(tiny.paths["metrics"].read_text())
+    assert run.data.metrics["final_test_accuracy"] == evaluation["test_accuracy"]
+    assert {f"final_class_accuracy.{name}" for name in evaluation["per_class_accuracy"]} <= set(run.data.metrics)
 
 
 def test_diverged_training_leaves_its_run_failed(prepared, store):
