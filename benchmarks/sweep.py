@@ -2,6 +2,7 @@
 
     python -m benchmarks.sweep            # 10 epochs, 4-experiment sweeps
     python -m benchmarks.sweep --quick    # 2 epochs, 2-experiment sweeps, 1 no-op repeat: checks the script
+    python -m benchmarks.sweep --no-sweeps --out /tmp/repro.json   # full repro vs course script, no-op only
 
 The copy: the project's tracked and untracked-but-not-ignored files (work in progress included, no data,
 models, stores, dvc.lock or metrics), its own git repository, the project's .venv first on PATH, no DVC_* /
@@ -61,6 +62,7 @@ def parse_args(argv=None):
     ap.add_argument("--lrs", default="0.005,0.02,0.03,0.05", help="learning rates of each sweep")
     ap.add_argument("--noop-repeats", type=int, default=3, help="no-op `dvc repro` repeats (median reported)")
     ap.add_argument("--no-baseline", action="store_true", help="skip timing the course script after the repro")
+    ap.add_argument("--no-sweeps", action="store_true", help="only the repro, baseline and no-op timings")
     ap.add_argument("--raw", help="folder with the four raw MNIST IDX files (default: data/raw, else download)")
     ap.add_argument("--workdir", help="parent folder of the temp copy (default: the system temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the temp copy (its path is printed)")
@@ -271,7 +273,9 @@ def main(argv=None):
         log(f"no-op dvc repro: {noop}")
         results["noop_repro"] = {"median_s": statistics.median(noop), "runs_s": noop}
         # (c) sweeps
-        results["sweeps"] = [sweep(proj, lrs, jobs, threads, args.timeout) for jobs, threads in ((1, 2), (2, 1))]
+        if not args.no_sweeps:
+            results["sweeps"] = [sweep(proj, lrs, jobs, threads, args.timeout)
+                                 for jobs, threads in ((1, 2), (2, 1))]
     finally:
         info["loadavg_at_end"] = list(os.getloadavg())
         if proj is not None and (proj / ".dvc").exists():
