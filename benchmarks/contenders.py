@@ -104,8 +104,9 @@ class Baseline:
 
 
 class Ours:
-    """The train stage's code path: src.preprocess tensors, make_optimizer, train_epoch (manual backward when
-    params say so), predict with eval_batch_size; seeded and deterministic like pipeline/train.py."""
+    """The train stage's code path: src.preprocess arrays as tensors, make_optimizer, train_epoch (manual
+    backward when params say so), predict with eval_batch_size; seeded and deterministic like
+    pipeline/train.py."""
     name = "ours"
 
     def __init__(self, cfg: dict):

@@ -10,7 +10,7 @@ Contenders (all on the real MNIST raw files, in ONE process, with the same torch
             for train and DataLoader(batch_size=64) for test, src.model.MLP with params' hidden sizes,
             SGD(lr 0.01, momentum 0.5), loss.backward()/optimizer.step(), loss.item() every step, test
             accuracy after every epoch.
-  ours      the train stage's path: src.preprocess functions -> normalized tensors in memory,
+  ours      the train stage's path: src.preprocess (numpy) functions -> normalized tensors in memory,
             src.train.make_optimizer, src.train.train_epoch(manual_step = train.backward == "manual") and
             src.train.predict(eval_batch_size) every epoch; seeded (weights, shuffle generator) and with
             deterministic algorithms like pipeline/train.py. Every train.* setting from params.yaml.

@@ -1,4 +1,7 @@
-"""Stage preprocess: parse the IDX files strictly, scale to [0,1], normalize, save train/test tensors."""
+"""Stage preprocess: parse the IDX files strictly, scale to [0,1], normalize, save train/test arrays.
+
+numpy only: this stage never imports torch (~2 s).
+"""
 import argparse
 import sys
 from pathlib import Path

@@ -83,7 +83,7 @@ def test_diverging_experiment_is_a_failed_mlflow_run_with_its_name(sweep):
     assert run.info.status == "FAILED"
     assert run.data.tags["dvc_exp_name"] == sweep.failed
     assert run.data.tags["pipeline.end_reason"].startswith("NonFiniteLoss: epoch 1:")
-    assert "model_sha256" not in run.data.tags  # evaluate/plot can never attach to it
+    assert "model_sha256" not in run.data.tags  # the plot stage can never attach to it
 
 
 def test_run_cache_restored_experiment_adds_no_mlflow_run(sweep):

@@ -111,7 +111,7 @@ def test_changing_lr_reruns_train_evaluate_plot_not_the_data_stages(repro_projec
             assert f"Stage '{stage}' didn't change, skipping" in out
         new = [r for r in P.runs(root) if r.info.run_id not in runs_before]
         assert len(new) == 1 and new[0].data.params["train.lr"] == "0.05"
-        run = _model_run(root)  # evaluate and plot logged into the new training's run
+        run = _model_run(root)  # plot logged evaluate's results and the PNGs into the new training's run
         assert run.info.run_id == new[0].info.run_id
         assert "final_test_accuracy" in run.data.metrics
         artifacts = {a.path for a in P.mlflow_client(root).list_artifacts(run.info.run_id, "plots")}
