@@ -67,8 +67,11 @@ def parse_args(argv=None):
     ap.add_argument("--workdir", help="parent folder of the temp copy (default: the system temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the temp copy (its path is printed)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed per dvc command / sweep")
-    ap.add_argument("--out", default=str(RESULTS / "sweep.json"), help="JSON results")
+    ap.add_argument("--out", help="JSON results (default results/sweep.json; with --no-sweeps"
+                                  " results/repro_vs_course.json, so the committed sweep is not overwritten)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = str(RESULTS / ("repro_vs_course.json" if args.no_sweeps else "sweep.json"))
     if args.quick:
         args.epochs = 2
         args.lrs = ",".join(args.lrs.split(",")[:2])
@@ -219,7 +222,10 @@ def baseline_script(raw: Path, epochs: int, out: Path, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.train_speed", "--only", "baseline", "--no-rss",
            "--epochs", str(epochs), "--raw", str(raw), "--out", str(out)]
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, timeout=timeout, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=ROOT, timeout=timeout, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline script failed (exit {done.returncode}): {' '.join(cmd)}\n"
+                           f"{(done.stdout + done.stderr)[-3000:]}")
     script_s = time.perf_counter() - t0
     b = json.loads(out.read_text())["contenders"]["baseline"]
     log(f"baseline script: {script_s:.1f} s (its epochs {b['total_s']:.1f} s, accuracy {100 * b['final_accuracy']:.2f}%)")

@@ -1,7 +1,7 @@
 """Stage evaluate: final test metrics, confusion matrix and per-sample predictions of the trained model.
 
-No MLflow here (its import and store cost ~3 s a process): the plot stage, which runs next, logs these files
-and the plots into the training's run.
+No MLflow here (its import and store cost ~3 s a process): the plot stage, which runs next, logs the metrics
+and the confusion matrix (not the predictions CSV) with the plots into the training's run.
 """
 import argparse
 import csv

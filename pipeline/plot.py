@@ -31,6 +31,10 @@ def main(argv=None):
 
     tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)
     with tracker.attached_run(sha256_file(args.model)) as mlrun:
+        # evaluate's results first, so a plotting failure still leaves them in the run.
+        mlrun.log_metrics(evaluation_metrics(read_json(args.metrics)))
+        for path in (args.metrics, args.confusion):
+            mlrun.log_artifact(path, "evaluation")
         info = load_info(Path(args.data))
         classes = info["classes"]
         index = {name: i for i, name in enumerate(classes)}
@@ -47,9 +51,6 @@ def main(argv=None):
             confusion_heatmap(read_json(args.confusion)["counts"], classes, out / "confusion_matrix.png", dpi)
             misclassified_grid(images, true, predicted, classes, out / "misclassified.png", dpi,
                                params.plot.misclassified)
-        mlrun.log_metrics(evaluation_metrics(read_json(args.metrics)))
-        for path in (args.metrics, args.confusion):
-            mlrun.log_artifact(path, "evaluation")
         for png in sorted(Path(args.out).glob("*.png")):
             mlrun.log_artifact(png, "plots")
         print(f"plot: wrote {', '.join(p.name for p in sorted(Path(args.out).glob('*.png')))}")

@@ -18,7 +18,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", required=True, help="params.yaml")
     parser.add_argument("--raw", required=True, help="folder of raw IDX files (download's output)")
-    parser.add_argument("--out", required=True, help="folder for the prepared tensors (replaced whole)")
+    parser.add_argument("--out", required=True, help="folder for the prepared arrays (replaced whole)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     spec = DATASETS[params.data.dataset]

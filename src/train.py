@@ -50,22 +50,32 @@ def use_deterministic_algorithms(enabled: bool) -> None:
     torch._C._set_deterministic_algorithms(enabled)
 
 
-def _skip_dynamo_import_in_optimizer_init() -> None:
-    """Every torch optimizer's constructor calls Optimizer.add_param_group, which torch wraps in
-    torch._disable_dynamo; on its first call the wrapper imports torch._dynamo (about 2 s on 2 cores, in every
-    training process) to build a guard that only matters under torch.compile, which this code never uses. The
-    wrapper keeps the guarded function on the plain one (`__dynamo_disable`); storing the plain function there
-    skips the import. Once torch._dynamo is loaded anyway, or in a torch without this attribute, nothing is
-    changed. (The autograd path's optimizer.step imports torch._dynamo regardless; the manual step never calls
-    it.)"""
-    plain = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
-    if plain is not None and "torch._dynamo" not in sys.modules and not hasattr(plain, "__dynamo_disable"):
-        plain.__dynamo_disable = plain
+# Optimizer methods torch wraps in torch._disable_dynamo (torch 2.14: these four).
+_DYNAMO_DISABLED_OPTIMIZER_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+def _skip_dynamo_import_in_optimizer_methods() -> None:
+    """Every torch optimizer's constructor calls Optimizer.add_param_group (and checkpoints call state_dict /
+    load_state_dict), which torch wraps in torch._disable_dynamo; on its first call each wrapper imports
+    torch._dynamo (about 2 s on 2 cores, in every training process) to build a guard that only matters under
+    torch.compile, which this code never uses. The wrapper keeps that guarded function on the plain one
+    (`__dynamo_disable`); storing the plain function there skips the import.
+
+    This changes torch's Optimizer class for the whole process: code that later compiles an optimizer in the
+    same process would trace these methods instead of skipping them. Once torch._dynamo is loaded anyway, or in
+    a torch without the attribute, nothing is changed. (The autograd path's SGD.step imports torch._dynamo
+    regardless; the manual step never calls it.)"""
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in _DYNAMO_DISABLED_OPTIMIZER_METHODS:
+        plain = getattr(getattr(torch.optim.Optimizer, name), "__wrapped__", None)
+        if plain is not None and not hasattr(plain, "__dynamo_disable"):
+            plain.__dynamo_disable = plain
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float, momentum: float, betas: tuple,
                    weight_decay: float) -> torch.optim.Optimizer:
-    _skip_dynamo_import_in_optimizer_init()
+    _skip_dynamo_import_in_optimizer_methods()
     params = model.parameters()
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ def packages_imported_by(tiny: Tiny, stage: str, argv: list[str]) -> list[str]:
     code = ("import sys\nfrom src.datasets import DatasetSpec, register\n" + synthetic.registration_code(tiny.files)
             + f"from pipeline.{stage} import main\nmain({argv!r})\n"
             "print(sorted({m.split('.')[0] for m in sys.modules}))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=synthetic.ROOT, capture_output=True, text=True)
+    # the test's own working folder (relative outputs land there), the project on the import path
+    env = {**os.environ, "PYTHONPATH": str(synthetic.ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tiny.root / "work", env=env, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return ast.literal_eval(done.stdout.strip().splitlines()[-1])

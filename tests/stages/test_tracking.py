@@ -101,6 +101,28 @@ def test_evaluate_leaves_mlflow_to_plot(prepared, store):
     assert {f"final_class_accuracy.{name}" for name in evaluation["per_class_accuracy"]} <= set(run.data.metrics)
 
 
+def test_failed_plot_still_leaves_the_final_metrics(prepared, store):
+    """plot logs evaluate's results before it draws: a drawing failure (here an unreadable history file)
+    marks the run FAILED but keeps the final metrics and evaluation files in it."""
+    tiny, _ = prepared
+    store, experiment = store
+    params_path = tiny.params(name="badplot.yaml", **{"tracking.enabled": True, "tracking.experiment": experiment})
+    run_train(tiny, params_path)
+    run_evaluate(tiny, params_path)
+    tiny.paths["history"].write_text("[{")  # truncated JSON
+    with pytest.raises(json.JSONDecodeError):
+        run_plot(tiny, params_path)
+    (run,) = runs_of(store, experiment)
+    assert run.info.status == "FAILED"
+    assert "JSONDecodeError" in run.data.tags.get("pipeline.end_reason", "")
+    evaluation = json.loads(tiny.paths["metrics"].read_text())
+    assert run.data.metrics["final_test_accuracy"] == evaluation["test_accuracy"]
+    assert artifact_paths(store, run.info.run_id, "evaluation") == ["evaluation/confusion_matrix.json",
+                                                                   "evaluation/eval.json"]
+    assert artifact_paths(store, run.info.run_id, "plots") == []
+    assert not tiny.paths["plots"].exists()
+
+
 def test_diverged_training_leaves_its_run_failed(prepared, store):
     tiny, _ = prepared
     store, experiment = store

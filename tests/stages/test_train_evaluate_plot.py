@@ -13,7 +13,7 @@ from src.model import load_model
 from src.params import load_params
 from src.prepared_torch import load_split
 from src.train import predict
-from tests.stages.helpers import (evaluate_argv, packages_imported_by, plot_argv, run_evaluate, run_plot, run_train,
+from tests.stages.helpers import (packages_imported_by, plot_argv, run_evaluate, run_plot, run_train,
                                   staging_leftovers)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -174,18 +174,35 @@ def test_use_deterministic_algorithms_sets_torch_flag_without_importing_inductor
                              "print('torch._inductor' in sys.modules)\n") == ["False"]
 
 
+OPTIMIZER_ROUND_TRIP = (
+    "model = MLP(6, [5], 3, 'relu')\n"
+    "opt = {build}\n"
+    "opt.zero_grad()\n"
+    "opt.load_state_dict(opt.state_dict())\n"  # what a checkpoint save and resume call
+    "print('torch._dynamo' in sys.modules)\n"
+)
+
+
 def test_make_optimizer_skips_the_dynamo_import_and_the_optimizer_still_steps():
-    """Building the optimizer no longer imports torch._dynamo (~2 s per training process), and the optimizer
-    it builds still takes torch's own step (which does import it) with the usual result."""
+    """Building the optimizer, zero_grad and a state_dict round trip no longer import torch._dynamo (~2 s per
+    training process), and the optimizer still takes torch's own step (which does import it) as usual."""
     assert fresh_interpreter(
         "import sys, torch\n"
         "from src.model import MLP\n"
         "from src.train import make_optimizer\n"
-        "model = MLP(6, [5], 3, 'relu')\n"
-        "opt = make_optimizer(model, 'sgd', 0.5, 0.0, (0.9, 0.999), 0.0)\n"
-        "print('torch._dynamo' in sys.modules)\n"
+        + OPTIMIZER_ROUND_TRIP.format(build="make_optimizer(model, 'sgd', 0.5, 0.0, (0.9, 0.999), 0.0)") +
         "before = [p.detach().clone() for p in model.parameters()]\n"
         "torch.nn.functional.cross_entropy(model(torch.ones(2, 6)), torch.tensor([0, 2])).backward()\n"
         "opt.step()\n"
         "print(all(torch.equal(p, b - 0.5 * p.grad) for p, b in zip(model.parameters(), before)))\n"
     ) == ["False", "True"]
+
+
+def test_plain_torch_optimizer_does_import_dynamo():
+    """The control of the test above: without make_optimizer the same calls do import torch._dynamo (if a
+    torch release drops the import, this fails and the workaround in src/train.py can go)."""
+    assert fresh_interpreter(
+        "import sys, torch\n"
+        "from src.model import MLP\n"
+        + OPTIMIZER_ROUND_TRIP.format(build="torch.optim.SGD(model.parameters(), lr=0.5, foreach=True)")
+    ) == ["True"]
