@@ -51,9 +51,10 @@ def main(argv=None):
             confusion_heatmap(read_json(args.confusion)["counts"], classes, out / "confusion_matrix.png", dpi)
             misclassified_grid(images, true, predicted, classes, out / "misclassified.png", dpi,
                                params.plot.misclassified)
-        for png in sorted(Path(args.out).glob("*.png")):
+        pngs = sorted(Path(args.out).glob("*.png"))
+        for png in pngs:
             mlrun.log_artifact(png, "plots")
-        print(f"plot: wrote {', '.join(p.name for p in sorted(Path(args.out).glob('*.png')))}")
+        print(f"plot: wrote {', '.join(png.name for png in pngs)}")
 
 
 if __name__ == "__main__":
