@@ -12,6 +12,7 @@ setup: $(INSTALLED)
 $(INSTALLED): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/python -c "from src.native import ops; ops()"  # builds the C++ train step now (~10 s), not in a stage
 	touch $@
 
 repro: $(INSTALLED)

@@ -11,15 +11,19 @@ Contenders (all on the real MNIST raw files, in ONE process, with the same torch
             SGD(lr 0.01, momentum 0.5), loss.backward()/optimizer.step(), loss.item() every step, test
             accuracy after every epoch.
   ours      the train stage's path: src.preprocess (numpy) functions -> normalized tensors in memory,
-            src.train.make_optimizer, src.train.train_epoch(manual_step = train.backward == "manual") and
+            src.train.make_optimizer, src.train.train_epoch(backward = train.backward) and
             src.train.predict(eval_batch_size) every epoch; seeded (weights, shuffle generator) and with
-            deterministic algorithms like pipeline/train.py. Every train.* setting from params.yaml.
+            deterministic algorithms like pipeline/train.py. Every train.* setting from params.yaml. With
+            backward manual-cpp the C++ step is loaded (built if this machine never did) in setup.
   floor     only the five Linear layers' matrix products of a training pass (forward x@W^T; backward
             g^T@a and g@W, the latter not for the first layer) for the same samples, batch size and
-            threads as ours. No activations, loss, optimizer, bias, autograd or evaluation.
+            threads as ours, looped in C++ (benchmarks/floor.cpp): no Python loop overhead. No activations,
+            loss, optimizer, bias, autograd or evaluation.
+  floor_py  the same products looped in Python (the floor of the runs before 2026-11-29 afternoon): shows
+            what Python's per-op cost adds to the products alone.
 
-The contenders run interleaved, epoch by epoch, in a rotating order (epoch 1: baseline, ours, floor; epoch 2:
-ours, floor, baseline; ...), so drift of the machine's speed hits all alike.
+The contenders run interleaved, epoch by epoch, in a rotating order (epoch 1: baseline, ours, floor, floor_py;
+epoch 2: ours, floor, floor_py, baseline; ...), so drift of the machine's speed hits all alike.
 
 What each reported number means:
   setup_s             loading the data (+ for ours the preprocessing from the raw files, which the real
@@ -39,8 +43,8 @@ What each reported number means:
                       the ru_maxrss that survives exec from the parent is small.
   final_accuracy      test accuracy after the last epoch (floor: none).
   ratios              ours/floor and baseline/ours of total_s and of median_epoch_s; ours_train/floor uses
-                      ours' training passes only (floor has no evaluation); accuracy_diff_points =
-                      100 × (baseline − ours) final accuracy.
+                      ours' training passes only (floor has no evaluation); ours/floor_py against the
+                      Python-loop floor; accuracy_diff_points = 100 × (baseline − ours) final accuracy.
 
 --scale (ours only): one run of max(--scale-epochs) epochs recording the cumulative epoch time at each
 listed epoch count (1, 5, 10, 20: cumulative within one 20-epoch run, not separate runs), then batch sizes
@@ -62,7 +66,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, ROOT, ensure_raw, log, machine_info, write_json
 
-ORDER = ("baseline", "ours", "floor")
+ORDER = ("baseline", "ours", "floor", "floor_py")
 
 
 def parse_args(argv=None):
@@ -162,6 +166,8 @@ def ratios(res: dict) -> dict:
         r["ours_over_floor_total"] = res["ours"]["total_s"] / res["floor"]["total_s"]
         r["ours_over_floor_median_epoch"] = res["ours"]["median_epoch_s"] / res["floor"]["median_epoch_s"]
         r["ours_train_over_floor"] = res["ours"]["train_s"] / res["floor"]["train_s"]
+    if "ours" in res and "floor_py" in res:
+        r["ours_over_floor_py_total"] = res["ours"]["total_s"] / res["floor_py"]["total_s"]
     if "baseline" in res and "ours" in res:
         r["baseline_over_ours_total"] = res["baseline"]["total_s"] / res["ours"]["total_s"]
         r["baseline_over_ours_median_epoch"] = res["baseline"]["median_epoch_s"] / res["ours"]["median_epoch_s"]
@@ -192,6 +198,7 @@ def print_compare(res, rat, rss, epochs):
         "ours_over_floor_total": "ours / floor (total)",
         "ours_over_floor_median_epoch": "ours / floor (median epoch)",
         "ours_train_over_floor": "ours train-only / floor",
+        "ours_over_floor_py_total": "ours / floor_py (Python-loop floor, total)",
         "baseline_over_ours_total": "baseline / ours (total)",
         "baseline_over_ours_median_epoch": "baseline / ours (median epoch)",
         "baseline_over_ours_first_epoch_end": "baseline / ours (time to first epoch end)",

@@ -20,7 +20,8 @@ from src.params import flatten, load_params
 from src.prepared import TEST_FILE, TRAIN_FILE, load_info
 from src.prepared_torch import load_split
 from src.tracking import open_tracker, run_context_tags
-from src.train import make_optimizer, resolve_device, train, use_deterministic_algorithms
+from src.native import ops as native_ops
+from src.train import ManualReluSGDStep, make_optimizer, resolve_device, train, use_deterministic_algorithms
 
 
 def main(argv=None):
@@ -49,6 +50,8 @@ def main(argv=None):
     arch = architecture(train_x.shape[1], params.model.hidden_sizes, len(info["classes"]), params.model.activation)
     model = MLP(**arch).to(device)
     optimizer = make_optimizer(model, p.optimizer, p.lr, p.momentum, p.betas, p.weight_decay)
+    if p.backward == "manual-cpp" and ManualReluSGDStep.applies(model, optimizer):
+        native_ops()  # load (or build) the C++ step now: a machine that cannot build it fails before the run
     shuffle = torch.Generator().manual_seed(params.seed)
     ckpt = Checkpoint(args.checkpoint, params, args.data, device, [__file__]) if p.checkpoint else None
     done, resume_tags = ckpt.resume(model, optimizer, shuffle) if ckpt else ([], {})  # done: completed epochs
@@ -80,8 +83,7 @@ def main(argv=None):
 
         train(model, train_x, train_y, test_x, test_y, epochs=p.epochs, batch_size=p.batch_size,
               eval_batch_size=p.eval_batch_size, optimizer=optimizer, generator=shuffle,
-              manual_step=p.backward == "manual",
-              start_epoch=len(done) + 1, on_epoch=report)
+              backward=p.backward, start_epoch=len(done) + 1, on_epoch=report)
         save_model(args.model, model, arch)
         # No timings in the history: it must be byte-identical for the same params, data and threads.
         write_json_atomic(args.history, [{k: v for k, v in h.as_dict().items() if k != "seconds"}

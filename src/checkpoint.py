@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import src.model
+import src.native
 import src.train
 from src.fileio import atomic_path, sha256_file
 from src.params import Params, flatten
@@ -43,7 +44,7 @@ class Checkpoint:
 
     def __init__(self, path: str | Path, params: Params, data_dir: str | Path, device, code_files=(), log=print):
         self.path, self.log = Path(path), log
-        code = [*code_files, src.train.__file__, src.model.__file__, __file__]
+        code = [*code_files, src.train.__file__, src.native.SOURCE, src.model.__file__, __file__]
         self.fingerprint = fingerprint(params, data_dir, code, device)
 
     def resume(self, model, optimizer, generator: torch.Generator) -> tuple[list[EpochResult], dict[str, str]]:

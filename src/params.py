@@ -184,7 +184,7 @@ class TrainParams:
     threads: int = _check(integer(1))
     device: str = _check(choice("auto", "cpu", "cuda"))
     checkpoint: bool = _check(boolean)
-    backward: str = _check(choice("manual", "autograd"))
+    backward: str = _check(choice("manual-cpp", "manual", "autograd"))
 
 
 @dataclass(frozen=True)

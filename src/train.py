@@ -190,25 +190,45 @@ class ManualReluSGDStep:
             torch._foreach_lerp_(biases, self.bias_anchors, 1.0 - self.momentum)
         return loss
 
+    def run_epoch_cpp(self, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
+                      batch_size: int) -> torch.Tensor:
+        """Every step of one epoch (the batches of `order`) as one call into src/manual_step.cpp: the ops of
+        __call__ in the same order, so the same bits, without Python between them. Per-batch losses, stacked."""
+        from src.native import ops as native_ops  # here: only this path builds or loads the C++ library
+        return native_ops().manual_sgd_epoch(images, labels, order, batch_size, self.weights, self.biases,
+                                             self.weight_anchors, self.bias_anchors, self.gain, self.momentum,
+                                             self.weight_decay)
+
+
+BACKWARDS = ("manual-cpp", "manual", "autograd")  # train.backward's choices
+
 
 def train_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
-                optimizer: torch.optim.Optimizer, generator: torch.Generator, manual_step: bool) -> float:
+                optimizer: torch.optim.Optimizer, generator: torch.Generator, backward: str) -> float:
     """One pass over a fresh seeded permutation; returns the mean per-sample training loss.
-    manual_step: use ManualReluSGDStep where it applies (else the autograd step)."""
+    backward: manual-cpp | manual (ManualReluSGDStep, as one C++ call an epoch | in Python; where it applies,
+    else autograd) | autograd (autograd_step)."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"unknown backward {backward!r} ({' | '.join(BACKWARDS)})")
     model.train()
-    manual = ManualReluSGDStep(model, optimizer) if manual_step and ManualReluSGDStep.applies(
+    manual = ManualReluSGDStep(model, optimizer) if backward != "autograd" and ManualReluSGDStep.applies(
         model, optimizer) else None
     order = torch.randperm(images.shape[0], generator=generator).to(images.device)
-    batch_labels = labels.index_select(0, order).split(batch_size)  # one gather an epoch, not one a step
-    losses = []
-    for idx, y in zip(order.split(batch_size), batch_labels):
-        x = images.index_select(0, idx)
-        losses.append(manual(x, y) if manual else autograd_step(model, optimizer, x, y))
+    batch_sizes = [len(idx) for idx in order.split(batch_size)]
+    if manual and backward == "manual-cpp":
+        losses = manual.run_epoch_cpp(images, labels, order, batch_size)
+    else:
+        batch_labels = labels.index_select(0, order).split(batch_size)  # one gather an epoch, not one a step
+        step_losses = []
+        for idx, y in zip(order.split(batch_size), batch_labels):
+            x = images.index_select(0, idx)
+            step_losses.append(manual(x, y) if manual else autograd_step(model, optimizer, x, y))
+        losses = torch.stack(step_losses)
     if manual:
         manual.finish()  # momentum buffers back into optimizer.state
-    sizes = torch.tensor([len(y) for y in batch_labels], dtype=losses[0].dtype, device=images.device)
+    sizes = torch.tensor(batch_sizes, dtype=losses.dtype, device=images.device)
     # Mean per-sample loss; summed on the device and read once: no host sync per step.
-    return float(torch.stack(losses) @ sizes) / images.shape[0]
+    return float(losses @ sizes) / images.shape[0]
 
 
 @torch.inference_mode()
@@ -225,7 +245,7 @@ def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, bat
 def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
           test_images: torch.Tensor, test_labels: torch.Tensor, *, epochs: int, batch_size: int,
           eval_batch_size: int, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-          manual_step: bool, start_epoch: int = 1,
+          backward: str, start_epoch: int = 1,
           on_epoch: Callable[[EpochResult], None] | None = None) -> list[EpochResult]:
     """Train epochs start_epoch..epochs; after each, evaluate on the test set and call on_epoch."""
     history = []
@@ -233,7 +253,7 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
         for epoch in range(start_epoch, epochs + 1):
             history.append(_run_epoch(model, train_images, train_labels, test_images, test_labels, epoch=epoch,
                                       batch_size=batch_size, eval_batch_size=eval_batch_size,
-                                      optimizer=optimizer, generator=generator, manual_step=manual_step))
+                                      optimizer=optimizer, generator=generator, backward=backward))
             bar.update(1)
             if on_epoch:
                 on_epoch(history[-1])
@@ -241,11 +261,11 @@ def train(model: nn.Module, train_images: torch.Tensor, train_labels: torch.Tens
 
 
 def _run_epoch(model, train_images, train_labels, test_images, test_labels, *, epoch, batch_size,
-               eval_batch_size, optimizer, generator, manual_step) -> EpochResult:
+               eval_batch_size, optimizer, generator, backward) -> EpochResult:
     """One training pass, the non-finite-loss check, and the test evaluation."""
     t0 = time.perf_counter()
     train_loss = train_epoch(model, train_images, train_labels, batch_size=batch_size,
-                             optimizer=optimizer, generator=generator, manual_step=manual_step)
+                             optimizer=optimizer, generator=generator, backward=backward)
     if not math.isfinite(train_loss):
         raise NonFiniteLoss(f"epoch {epoch}: training loss is {train_loss}; the run diverged"
                             " (try a lower train.lr)")

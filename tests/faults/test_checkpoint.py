@@ -3,7 +3,6 @@ a resumed training is bit-identical to an uninterrupted one; a checkpoint from o
 a corrupt one and one whose unpickling would run code are all ignored with a message."""
 from __future__ import annotations
 
-import inspect
 import pickle
 
 import pytest
@@ -16,7 +15,6 @@ from src.train import make_optimizer, train
 from tests import synthetic
 
 EPOCHS, CRASH_AFTER = 5, 2
-MANUAL = "manual_step" in inspect.signature(train).parameters  # the hand-written backward, when present
 
 
 class Crash(Exception):
@@ -50,7 +48,7 @@ def params(**overrides):
     return parse_params(synthetic.tiny_params(["dir:/nowhere"], **{"train.checkpoint": True, **overrides}))
 
 
-def run(data, p, ckpt: Checkpoint, *, crash_after=None, step_mode=None):
+def run(data, p, ckpt: Checkpoint, *, crash_after=None, backward="autograd"):
     """What pipeline/train.py does, in-process: fresh objects (as a new process has), resume, train."""
     tr_x, tr_y, te_x, te_y = data
     torch.manual_seed(p.seed)
@@ -66,28 +64,25 @@ def run(data, p, ckpt: Checkpoint, *, crash_after=None, step_mode=None):
         if r.epoch == crash_after:
             raise Crash
 
-    extra = {"manual_step": step_mode} if MANUAL else {}
     train(model, tr_x, tr_y, te_x, te_y, epochs=p.train.epochs, batch_size=p.train.batch_size,
           eval_batch_size=p.train.eval_batch_size, optimizer=opt, generator=gen, start_epoch=len(done) + 1,
-          on_epoch=on_epoch, **extra)
+          on_epoch=on_epoch, backward=backward)
     return model, [(h.epoch, h.train_loss, h.test_loss, h.test_accuracy) for h in done], tags
 
 
-@pytest.mark.parametrize("optimizer,step_mode", [("sgd", False), ("sgd", True), ("adam", False)],
-                         ids=["sgd-autograd", "sgd-manual", "adam"])
-def test_resume_is_bit_identical(tiny, data, data_dir, tmp_path, optimizer, step_mode):
-    if step_mode and not MANUAL:
-        pytest.skip("train() has no manual_step")
+@pytest.mark.parametrize("optimizer,backward", [("sgd", "autograd"), ("sgd", "manual"), ("sgd", "manual-cpp"),
+                                                ("adam", "autograd")])
+def test_resume_is_bit_identical(tiny, data, data_dir, tmp_path, optimizer, backward):
     p = params(**{"train.epochs": EPOCHS, "train.optimizer": optimizer, "train.lr": 0.01})
     ref_model, ref_history, _ = run(data, p, Checkpoint(tmp_path / "ref.pt", p, data_dir, "cpu"),
-                                    step_mode=step_mode)
+                                    backward=backward)
 
     path = tmp_path / "ckpt.pt"
     with pytest.raises(Crash):
-        run(data, p, Checkpoint(path, p, data_dir, "cpu"), crash_after=CRASH_AFTER, step_mode=step_mode)
+        run(data, p, Checkpoint(path, p, data_dir, "cpu"), crash_after=CRASH_AFTER, backward=backward)
     messages = []
     model, history, tags = run(data, p, Checkpoint(path, p, data_dir, "cpu", log=messages.append),
-                               step_mode=step_mode)
+                               backward=backward)
 
     assert tags == {"resumed_from_run": "run-1", "resumed_from_epoch": str(CRASH_AFTER)}
     assert any(f"epochs 1..{CRASH_AFTER} done" in m for m in messages), messages

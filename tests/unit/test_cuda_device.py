@@ -15,13 +15,13 @@ def _data(device, n=256):
     return x.to(device), y.to(device)
 
 
-def _train(device, manual_step):
+def _train(device, backward):
     torch.manual_seed(0)
     model = MLP(784, [64, 32], 10, "relu").to(device)
     opt = make_optimizer(model, "sgd", 0.05, 0.5, (0.9, 0.999), 0.0)
     x, y = _data(device)
     history = train(model, x, y, x, y, epochs=2, batch_size=32, eval_batch_size=128, optimizer=opt,
-                    generator=torch.Generator().manual_seed(0), manual_step=manual_step)
+                    generator=torch.Generator().manual_seed(0), backward=backward)
     return model, history
 
 
@@ -37,10 +37,10 @@ def test_cuda_without_gpu_is_an_error():
 
 
 @cuda
-@pytest.mark.parametrize("manual_step", [True, False])
-def test_cuda_training_matches_cpu(manual_step):
-    cpu_model, cpu_hist = _train(torch.device("cpu"), manual_step)
-    gpu_model, gpu_hist = _train(resolve_device("cuda"), manual_step)
+@pytest.mark.parametrize("backward", ["manual-cpp", "manual", "autograd"])
+def test_cuda_training_matches_cpu(backward):
+    cpu_model, cpu_hist = _train(torch.device("cpu"), backward)
+    gpu_model, gpu_hist = _train(resolve_device("cuda"), backward)
     assert next(gpu_model.parameters()).device.type == "cuda"
     for a, b in zip(cpu_model.state_dict().values(), gpu_model.state_dict().values()):
         torch.testing.assert_close(a, b.cpu(), rtol=1e-3, atol=1e-4)
@@ -49,8 +49,8 @@ def test_cuda_training_matches_cpu(manual_step):
 
 @cuda
 def test_cuda_training_is_deterministic():
-    first, _ = _train(resolve_device("cuda"), True)
-    second, _ = _train(resolve_device("cuda"), True)
+    first, _ = _train(resolve_device("cuda"), "manual-cpp")
+    second, _ = _train(resolve_device("cuda"), "manual-cpp")
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
     x, y = _data("cuda")

@@ -1,8 +1,10 @@
-"""The hand-written backward (train.backward: manual) against autograd + torch.optim.SGD, in float64.
+"""The hand-written backward (train.backward: manual, and its C++ build manual-cpp) against autograd +
+torch.optim.SGD in float64, and the C++ build against the Python step bit for bit.
 
-In float64 the two must agree to rounding: weights, SGD momentum buffers and per-epoch losses. A wrong
-gradient, a wrong momentum form or a buffer not handed back to the optimizer shows up as a difference of
-order lr·gradient (about 1e-3 here), a billion times the tolerance.
+In float64 the hand-written step and autograd must agree to rounding: weights, SGD momentum buffers and
+per-epoch losses. A wrong gradient, a wrong momentum form or a buffer not handed back to the optimizer shows
+up as a difference of order lr·gradient (about 1e-3 here), a billion times the tolerance. The C++ build runs
+the Python step's ops in the same order, so there the results must be equal, not close.
 """
 from __future__ import annotations
 
@@ -31,19 +33,20 @@ def _setup(momentum, weight_decay, activation="relu", optimizer="sgd"):
 
 def _epochs(model, opt, modes, x, y):
     shuffle = torch.Generator().manual_seed(0)
-    return [train_epoch(model, x, y, batch_size=BATCH, optimizer=opt, generator=shuffle, manual_step=manual)
-            for manual in modes]
+    return [train_epoch(model, x, y, batch_size=BATCH, optimizer=opt, generator=shuffle, backward=backward)
+            for backward in modes]
 
 
+@pytest.mark.parametrize("backward", ["manual", "manual-cpp"])
 @pytest.mark.parametrize("momentum", [0.0, 0.5, 0.9])
 @pytest.mark.parametrize("weight_decay", [0.0, 1.0e-2])
-def test_manual_epochs_match_autograd_sgd(momentum, weight_decay):
+def test_manual_epochs_match_autograd_sgd(momentum, weight_decay, backward):
     x, y = _data()
     ref_model, ref_opt = _setup(momentum, weight_decay)
-    ref_losses = _epochs(ref_model, ref_opt, [False] * 3, x, y)
+    ref_losses = _epochs(ref_model, ref_opt, ["autograd"] * 3, x, y)
     model, opt = _setup(momentum, weight_decay)
     assert ManualReluSGDStep.applies(model, opt)
-    losses = _epochs(model, opt, [True] * 3, x, y)
+    losses = _epochs(model, opt, [backward] * 3, x, y)
 
     assert losses == pytest.approx(ref_losses, rel=1e-12)
     assert ref_losses[-1] < ref_losses[0]  # it trained: the comparison is not between two no-ops
@@ -56,12 +59,12 @@ def test_manual_epochs_match_autograd_sgd(momentum, weight_decay):
 
 
 def test_switching_modes_between_epochs_keeps_sgd_state():
-    """manual, then autograd, then manual = autograd throughout: the momentum buffers are handed over."""
+    """manual, autograd, manual-cpp, manual = autograd throughout: the momentum buffers are handed over."""
     x, y = _data()
     ref_model, ref_opt = _setup(0.9, 0.0)
-    ref_losses = _epochs(ref_model, ref_opt, [False] * 3, x, y)
+    ref_losses = _epochs(ref_model, ref_opt, ["autograd"] * 4, x, y)
     model, opt = _setup(0.9, 0.0)
-    losses = _epochs(model, opt, [True, False, True], x, y)
+    losses = _epochs(model, opt, ["manual", "autograd", "manual-cpp", "manual"], x, y)
     assert losses == pytest.approx(ref_losses, rel=1e-12)
     for p, ref in zip(model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, ref, rtol=0, atol=1e-12)
@@ -85,6 +88,38 @@ def test_other_setups_fall_back_to_autograd(activation, optimizer, nesterov):
     ref_model, ref_opt = _setup(0.9, 0.0, activation, optimizer)
     if nesterov:
         ref_opt.param_groups[0]["nesterov"] = True
-    assert _epochs(model, opt, [True], x, y) == _epochs(ref_model, ref_opt, [False], x, y)
+    assert _epochs(model, opt, ["manual-cpp", "manual"], x, y) == _epochs(ref_model, ref_opt, ["autograd"] * 2, x, y)
     for p, ref in zip(model.parameters(), ref_model.parameters()):
         assert torch.equal(p, ref)
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.5, 0.0), (0.0, 0.0), (0.9, 1.0e-2)])
+def test_cpp_build_is_bit_identical_to_the_python_step(momentum, weight_decay, monkeypatch):
+    """float32, as the stage trains: same losses, weights and momentum buffers, bit for bit, epoch after epoch
+    (each epoch ends with a partial batch)."""
+    cpp_epochs = []
+    run_epoch_cpp = ManualReluSGDStep.run_epoch_cpp
+    monkeypatch.setattr(ManualReluSGDStep, "run_epoch_cpp",
+                        lambda *args: cpp_epochs.append(1) or run_epoch_cpp(*args))  # counts, runs the real one
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(N, IN, generator=g), torch.randint(0, 10, (N,), generator=g)
+    models = []
+    for backward in ("manual", "manual-cpp"):
+        torch.manual_seed(0)
+        model = MLP(IN, [16, 12], 10, "relu")
+        opt = make_optimizer(model, "sgd", 0.05, momentum, (0.9, 0.999), weight_decay)
+        models.append((model, opt, _epochs(model, opt, [backward] * 3, x, y)))
+    (py_model, py_opt, py_losses), (cpp_model, cpp_opt, cpp_losses) = models
+    assert len(cpp_epochs) == 3  # the C++ build ran every manual-cpp epoch: not two Python runs compared
+    assert cpp_losses == py_losses and py_losses[-1] < py_losses[0]
+    for p, ref in zip(cpp_model.parameters(), py_model.parameters()):
+        assert torch.equal(p, ref)
+        if momentum:
+            assert torch.equal(cpp_opt.state[p]["momentum_buffer"], py_opt.state[ref]["momentum_buffer"])
+
+
+def test_unknown_backward_is_refused():
+    model, opt = _setup(0.5, 0.0)
+    x, y = _data()
+    with pytest.raises(ValueError, match="unknown backward 'cpp' \\(manual-cpp \\| manual \\| autograd\\)"):
+        _epochs(model, opt, ["cpp"], x, y)
