@@ -9,10 +9,12 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 setup: $(INSTALLED)
 
+# The last step builds the C++ train step (~10 s) now rather than in the first training. Without a compiler
+# setup goes on: train.backward: manual-cpp then stops with the reason, and manual or autograd still work.
 $(INSTALLED): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
-	$(BIN)/python -c "from src.native import ops; ops()"  # builds the C++ train step now (~10 s), not in a stage
+	$(BIN)/python -c "from src.native import ops; ops()" || echo "setup: warning: C++ train step not built"
 	touch $@
 
 repro: $(INSTALLED)

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -26,7 +27,8 @@ Tensor manual_sgd_epoch(const Tensor& images, const Tensor& labels, const Tensor
   std::vector<Tensor> weights_t;
   for (const auto& w : weights) weights_t.push_back(w.t());  // views: they follow the in-place updates
   const Tensor one = at::ones({}, images.options());  // d(loss)/d(loss), for nll_loss_backward
-  const Tensor ones = at::ones({batch_size}, images.options());  // bias gradient = G^T @ ones (addmv_)
+  // bias gradient = G^T @ ones (addmv_); as long as the longest batch
+  const Tensor ones = at::ones({std::min(batch_size, images.size(0))}, images.options());
   const auto batch_indices = order.split(batch_size);
   const auto batch_labels = labels.index_select(0, order).split(batch_size);  // one gather an epoch
   std::vector<Tensor> losses;
@@ -64,6 +66,9 @@ Tensor manual_sgd_epoch(const Tensor& images, const Tensor& labels, const Tensor
 
 }  // namespace
 
+// The schema marks the four lists as written in place. With momentum 0 the anchors are the parameters
+// themselves (the same tensors), which the separate alias sets do not say: call it in eager mode only, not
+// under torch.compile or functionalization (src/train.py does).
 TORCH_LIBRARY(mnist_softmax, m) {
   m.def(
       "manual_sgd_epoch(Tensor images, Tensor labels, Tensor order, int batch_size, Tensor(a!)[] weights, "

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from src.errors import ExplainedError
-from src.fileio import write_bytes_atomic
 
 SOURCE = Path(__file__).with_name("manual_step.cpp")
 LIBRARY = "mnist_softmax"  # TORCH_LIBRARY namespace in SOURCE
@@ -42,25 +41,58 @@ def load(library: str, source: Path, fix: str):
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
-    # cpp_extension warns at import that no CUDA toolkit matches; these CPU builds do not use one.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import cpp_extension
-    code = source.read_bytes()
-    name = f"{library}_{hashlib.sha256(code).hexdigest()[:16]}"
-    build_dir = (Path(cpp_extension.get_default_build_root())
-                 / f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}" / name)
-    staged = build_dir / source.name
     try:
+        cpp_extension = _import_cpp_extension()
+        code = source.read_bytes()
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()  # as torch's
+        build_dir = (Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}"
+                     / f"{library}_{hashlib.sha256(code).hexdigest()[:16]}")
+        staged = build_dir / source.name
         build_dir.mkdir(parents=True, exist_ok=True)
-        if not staged.is_file() or staged.read_bytes() != code:  # rewriting it would make ninja rebuild
-            write_bytes_atomic(staged, code)
-        cpp_extension.load(name, [str(staged)], extra_cflags=["-O2"], build_directory=str(build_dir),
+        _stage(staged, code)
+        cpp_extension.load(build_dir.name, [str(staged)], extra_cflags=["-O2"], build_directory=str(build_dir),
                            is_python_module=False, verbose=False)
     except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise NativeBuildError(f"could not build {source.name}, which needs a C++ compiler (g++) and ninja: "
-                               f"{reason}; {fix}") from exc
+        raise NativeBuildError(f"could not build or load {source.name} (it needs a C++ compiler, g++, and "
+                               f"ninja): {_reason(exc)}; {fix}") from exc
     return getattr(torch.ops, library)
+
+
+def _import_cpp_extension():
+    """torch.utils.cpp_extension, without the warning its import logs when no CUDA toolkit matches torch's
+    CUDA version (these are CPU builds); its later warnings, such as a wrong compiler, still show."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
+def _stage(staged: Path, code: bytes) -> None:
+    """The build's own copy of the source, written once: a rewrite (even of the same bytes, by another
+    process starting at the same moment) would make ninja rebuild a library that others may have loaded."""
+    if staged.is_file() and staged.read_bytes() == code:
+        return
+    tmp = staged.with_name(f".{staged.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(code)
+    try:
+        os.link(tmp, staged)  # fails if another process staged it first: theirs stays, same bytes
+    except FileExistsError:
+        if staged.read_bytes() != code:  # a damaged copy: replace it
+            os.replace(tmp, staged)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The compiler's error lines from a failed build (torch puts the build output in the message), else the
+    message's last line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() and not line.startswith("ninja:")]
+    return " | ".join(errors[:3]) if errors else (lines[-1] if lines else type(exc).__name__)
 
 
 @functools.cache

@@ -135,3 +135,26 @@ def test_plot_runs_without_torch(trained):
     run_evaluate(tiny, params)
     assert "torch" not in packages_imported_by(tiny, "plot", plot_argv(tiny, params))
     assert (tiny.paths["plots"] / "confusion_matrix.png").is_file()
+
+
+@pytest.fixture
+def no_compiler(tmp_path, monkeypatch):
+    """This process as on a machine without a working C++ compiler: an empty extension cache, CXX failing,
+    and src.native's per-process cache cleared (before and after: later tests load the real build again)."""
+    from src import native
+    monkeypatch.setenv("CXX", "/bin/false")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
+    native.ops.cache_clear()
+    yield
+    native.ops.cache_clear()
+
+
+def test_train_without_a_compiler_stops_before_training_and_manual_still_trains(prepared, no_compiler):
+    from src.native import NativeBuildError
+    tiny, _ = prepared
+    params = tiny.params(**{"train.backward": "manual-cpp"})
+    with pytest.raises(NativeBuildError, match="set train.backward: manual"):
+        run_train(tiny, params)
+    assert not tiny.paths["model"].exists() and not tiny.paths["history"].exists()
+    run_train(tiny, tiny.params(**{"train.backward": "manual"}))  # the advised fix, same machine
+    assert tiny.paths["model"].exists()

@@ -48,9 +48,19 @@ def test_cuda_training_matches_cpu(backward):
 
 
 @cuda
-def test_cuda_training_is_deterministic():
-    first, _ = _train(resolve_device("cuda"), "manual-cpp")
-    second, _ = _train(resolve_device("cuda"), "manual-cpp")
+def test_cuda_cpp_step_is_bit_identical_to_the_python_step():
+    cpp_model, cpp_hist = _train(resolve_device("cuda"), "manual-cpp")
+    py_model, py_hist = _train(resolve_device("cuda"), "manual")
+    assert [h.train_loss for h in cpp_hist] == [h.train_loss for h in py_hist]
+    for a, b in zip(cpp_model.state_dict().values(), py_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@cuda
+@pytest.mark.parametrize("backward", ["manual-cpp", "manual"])
+def test_cuda_training_is_deterministic(backward):
+    first, _ = _train(resolve_device("cuda"), backward)
+    second, _ = _train(resolve_device("cuda"), backward)
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)
     x, y = _data("cuda")

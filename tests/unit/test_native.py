@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,15 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
-def test_ops_builds_once_and_registers_the_epoch_op():
-    assert ops() is ops()
+def _cache_root() -> Path:
+    """Where src.native builds: $TORCH_EXTENSIONS_DIR, else torch's default (imported after ops(), which
+    quiets the import's warning)."""
+    from torch.utils.cpp_extension import get_default_build_root
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def test_ops_registers_the_epoch_op():
+    ops()
     assert hasattr(getattr(torch.ops, LIBRARY), "manual_sgd_epoch")
 
 
@@ -38,16 +46,27 @@ def test_no_compiler_is_an_explained_error(tmp_path):
                    "try:\n    ops()\nexcept NativeBuildError as e:\n    print(e)\n",
                    CXX="/bin/false", TORCH_EXTENSIONS_DIR=str(tmp_path))  # an empty cache: it must build
     assert done.returncode == 0, done.stderr
-    assert "could not build manual_step.cpp" in done.stdout
+    assert "could not build or load manual_step.cpp" in done.stdout
     assert "set train.backward: manual" in done.stdout
+
+
+def test_a_compile_error_is_reported_with_the_compiler_s_words(tmp_path):
+    """The message carries the compiler's error line, not just ninja's 'build stopped'."""
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("#error this source is broken on purpose\n")
+    done = _python("from pathlib import Path\nfrom src.native import NativeBuildError, load\n"
+                   f"try:\n    load('broken_lib', Path({str(broken)!r}), 'the fix')\n"
+                   "except NativeBuildError as e:\n    print(e)\n",
+                   TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
+    assert done.returncode == 0, done.stderr
+    assert "this source is broken on purpose" in done.stdout and done.stdout.strip().endswith("the fix")
 
 
 def test_copies_of_the_project_share_one_build(tmp_path):
     """DVC's queued experiments and the e2e tests run from other folders: the same source there loads the
     existing build (the library file is not rewritten), and another source gets a folder of its own."""
     ops()
-    from torch.utils.cpp_extension import get_default_build_root  # after ops(): it quiets the import's warning
-    libraries = sorted(Path(get_default_build_root()).glob(f"*/{LIBRARY}_*/*.so"))
+    libraries = sorted(_cache_root().glob(f"*/{LIBRARY}_*/*.so"))
     assert libraries
     before = {lib: lib.stat().st_mtime_ns for lib in libraries}
     for copy in ("a", "b"):
@@ -56,5 +75,24 @@ def test_copies_of_the_project_share_one_build(tmp_path):
         done = _python(f"from pathlib import Path\nfrom src.native import LIBRARY, load\n"
                        f"load(LIBRARY, Path({str(tmp_path / copy / 'manual_step.cpp')!r}), 'fix')\n")
         assert done.returncode == 0, done.stderr
-    after = sorted(Path(get_default_build_root()).glob(f"*/{LIBRARY}_*/*.so"))
+    after = sorted(_cache_root().glob(f"*/{LIBRARY}_*/*.so"))
     assert {lib: lib.stat().st_mtime_ns for lib in after} == before
+
+
+def test_another_source_builds_in_a_folder_of_its_own(tmp_path):
+    """An edited source (here: one more comment) must not reuse, or overwrite, the build of the other."""
+    ops()
+    root = _cache_root()
+    before = {p: p.stat().st_mtime_ns for p in root.glob(f"*/{LIBRARY}_*/*.so")}
+    edited = tmp_path / "manual_step.cpp"
+    edited.write_bytes(SOURCE.read_bytes() + b"// edited\n")
+    done = _python(f"from pathlib import Path\nfrom src.native import LIBRARY, load\n"
+                   f"load(LIBRARY, Path({str(edited)!r}), 'fix')\n")
+    assert done.returncode == 0, done.stderr
+    new = [p for p in root.glob(f"*/{LIBRARY}_*/*.so") if p not in before]
+    try:
+        assert len(new) == 1 and (new[0].parent / "manual_step.cpp").read_bytes() == edited.read_bytes()
+        assert {p: p.stat().st_mtime_ns for p in before} == before
+    finally:
+        for lib in new:
+            shutil.rmtree(lib.parent)
