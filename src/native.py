@@ -25,6 +25,10 @@ from src.errors import ExplainedError
 SOURCE = Path(__file__).with_name("manual_step.cpp")
 LIBRARY = "mnist_softmax"  # TORCH_LIBRARY namespace in SOURCE
 
+# library -> the build folder this process loaded it from. A second build of one TORCH_LIBRARY namespace in
+# one process aborts it (torch's registration check runs in the library's static initializer).
+_loaded: dict[str, Path] = {}
+
 
 class NativeBuildError(ExplainedError, RuntimeError):
     """The C++ step could not be built (no compiler?): say what failed and how to train without it."""
@@ -47,6 +51,11 @@ def load(library: str, source: Path, fix: str):
         root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()  # as torch's
         build_dir = (Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__}"
                      / f"{library}_{hashlib.sha256(code).hexdigest()[:16]}")
+        if library in _loaded:
+            if _loaded[library] != build_dir:
+                raise NativeBuildError(f"this process already loaded {library} from {_loaded[library]}, not "
+                                       f"{build_dir}: a new source or cache folder needs a new process")
+            return getattr(torch.ops, library)
         staged = build_dir / source.name
         build_dir.mkdir(parents=True, exist_ok=True)
         _stage(staged, code)
@@ -55,6 +64,7 @@ def load(library: str, source: Path, fix: str):
     except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
         raise NativeBuildError(f"could not build or load {source.name} (it needs a C++ compiler, g++, and "
                                f"ninja): {_reason(exc)}; {fix}") from exc
+    _loaded[library] = build_dir
     return getattr(torch.ops, library)
 
 

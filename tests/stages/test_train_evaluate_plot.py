@@ -4,6 +4,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ from src.train import predict
 from tests.stages.helpers import (packages_imported_by, plot_argv, run_evaluate, run_plot, run_train,
                                   staging_leftovers)
 
+ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["confusion_matrix.png", "loss_accuracy.png", "misclassified.png"]
 
@@ -137,24 +141,25 @@ def test_plot_runs_without_torch(trained):
     assert (tiny.paths["plots"] / "confusion_matrix.png").is_file()
 
 
-@pytest.fixture
-def no_compiler(tmp_path, monkeypatch):
-    """This process as on a machine without a working C++ compiler: an empty extension cache, CXX failing,
-    and src.native's per-process cache cleared (before and after: later tests load the real build again)."""
-    from src import native
-    monkeypatch.setenv("CXX", "/bin/false")
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
-    native.ops.cache_clear()
-    yield
-    native.ops.cache_clear()
-
-
-def test_train_without_a_compiler_stops_before_training_and_manual_still_trains(prepared, no_compiler):
-    from src.native import NativeBuildError
+def test_train_without_a_compiler_stops_before_training_and_manual_still_trains(prepared, tmp_path):
+    """The train stage in a new process on a machine without a working C++ compiler (CXX fails, an empty
+    extension cache): manual-cpp stops before training with the fix in the message; manual trains."""
     tiny, _ = prepared
-    params = tiny.params(**{"train.backward": "manual-cpp"})
-    with pytest.raises(NativeBuildError, match="set train.backward: manual"):
-        run_train(tiny, params)
-    assert not tiny.paths["model"].exists() and not tiny.paths["history"].exists()
-    run_train(tiny, tiny.params(**{"train.backward": "manual"}))  # the advised fix, same machine
+    env = {**os.environ, "CXX": "/bin/false", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}
+    code = ("import sys\nfrom tests import synthetic\nfrom src.cli import run\nfrom pipeline import train\n"
+            "synthetic.register_tiny(synthetic.raw_files())\n"
+            "sys.exit(run(lambda _: train.main(sys.argv[1:]), 'train'))\n")
+    runs = {}
+    for backward in ("manual-cpp", "manual"):
+        argv = ["--params", str(tiny.params(**{"train.backward": backward})), "--data", tiny.path("prepared"),
+                "--model", tiny.path("model"), "--history", tiny.path("history")]
+        runs[backward] = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, env=env,
+                                        capture_output=True, text=True)
+        if backward == "manual-cpp":
+            assert not tiny.paths["model"].exists() and not tiny.paths["history"].exists()
+    failed, trained = runs["manual-cpp"], runs["manual"]
+    assert failed.returncode == 1 and "epoch" not in failed.stdout
+    assert failed.stderr.startswith("train: error: could not build or load manual_step.cpp")
+    assert "set train.backward: manual" in failed.stderr and "Traceback" not in failed.stderr
+    assert trained.returncode == 0, trained.stderr
     assert tiny.paths["model"].exists()

@@ -1,15 +1,17 @@
 """src/native.py: the C++ step's build on first use, its cache, and what a machine without a compiler sees."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from src.native import LIBRARY, SOURCE, ops
+from src.native import LIBRARY, SOURCE, NativeBuildError, load, ops
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,3 +98,14 @@ def test_another_source_builds_in_a_folder_of_its_own(tmp_path):
     finally:
         for lib in new:
             shutil.rmtree(lib.parent)
+
+
+def test_a_second_build_of_the_library_in_one_process_is_refused_not_loaded(tmp_path):
+    """Loading another build of the same TORCH_LIBRARY namespace would abort the whole process."""
+    ops()
+    other = tmp_path / "manual_step.cpp"
+    other.write_bytes(SOURCE.read_bytes() + b"// another build\n")
+    with pytest.raises(NativeBuildError, match="already loaded mnist_softmax from"):
+        load(LIBRARY, other, "fix")
+    digest = hashlib.sha256(other.read_bytes()).hexdigest()[:16]
+    assert not list(_cache_root().glob(f"*/{LIBRARY}_{digest}"))  # refused before building anything
