@@ -234,4 +234,4 @@ def rss_child(name: str, cfg: dict) -> dict:
     return {"peak_rss_mib": peak, "rss_after_import_mib": after_import,
             "peak_minus_import_mib": peak - after_import, "vm_hwm_mib": status["VmHWM"],
             "rss_anon_end_mib": status["RssAnon"], "rss_file_end_mib": status["RssFile"],
-            "epoch_s": epoch["train_s"] + epoch["eval_s"]}
+            "rss_child_epoch_s": epoch["train_s"] + epoch["eval_s"]}

@@ -40,7 +40,8 @@ What each reported number means:
                       the child's /proc VmHWM as a cross-check, rss_anon/file_end_mib its anonymous and
                       file-backed RSS at the end (file pages of torch's libraries vary by ~200 MiB between
                       runs: compare peak_minus_import). The children run before the parent loads torch, so
-                      the ru_maxrss that survives exec from the parent is small.
+                      the ru_maxrss that survives exec from the parent is small. rss_child_epoch_s: the
+                      child's one epoch (not part of the timings above).
   final_accuracy      test accuracy after the last epoch (floor: none).
   ratios              ours/floor and baseline/ours of total_s and of median_epoch_s; ours_train/floor uses
                       ours' training passes only (floor has no evaluation); ours/floor_py against the
