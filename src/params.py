@@ -17,6 +17,8 @@ import yaml
 from src.datasets import DATASETS
 from src.errors import ExplainedError
 
+BACKWARDS = ("manual-cpp", "manual", "autograd")  # train.backward's choices; src/train.py takes them from here
+
 
 class ParamsError(ExplainedError, ValueError):
     """params.yaml is invalid; the message lists every offending key with what is allowed."""
@@ -184,7 +186,7 @@ class TrainParams:
     threads: int = _check(integer(1))
     device: str = _check(choice("auto", "cpu", "cuda"))
     checkpoint: bool = _check(boolean)
-    backward: str = _check(choice("manual-cpp", "manual", "autograd"))
+    backward: str = _check(choice(*BACKWARDS))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from torch import nn
 
 from src.errors import ExplainedError
 from src.fileio import progress
+from src.params import BACKWARDS
 
 
 class NonFiniteLoss(ExplainedError, RuntimeError):
@@ -200,9 +201,6 @@ class ManualReluSGDStep:
                                              self.weight_decay)
 
 
-BACKWARDS = ("manual-cpp", "manual", "autograd")  # train.backward's choices
-
-
 def train_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                 optimizer: torch.optim.Optimizer, generator: torch.Generator, backward: str) -> float:
     """One pass over a fresh seeded permutation; returns the mean per-sample training loss.
@@ -214,19 +212,19 @@ def train_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
     manual = ManualReluSGDStep(model, optimizer) if backward != "autograd" and ManualReluSGDStep.applies(
         model, optimizer) else None
     order = torch.randperm(images.shape[0], generator=generator).to(images.device)
-    batch_sizes = [len(idx) for idx in order.split(batch_size)]
+    batches = order.split(batch_size)
     if manual and backward == "manual-cpp":
         losses = manual.run_epoch_cpp(images, labels, order, batch_size)
     else:
         batch_labels = labels.index_select(0, order).split(batch_size)  # one gather an epoch, not one a step
         step_losses = []
-        for idx, y in zip(order.split(batch_size), batch_labels):
+        for idx, y in zip(batches, batch_labels):
             x = images.index_select(0, idx)
             step_losses.append(manual(x, y) if manual else autograd_step(model, optimizer, x, y))
         losses = torch.stack(step_losses)
     if manual:
         manual.finish()  # momentum buffers back into optimizer.state
-    sizes = torch.tensor(batch_sizes, dtype=losses.dtype, device=images.device)
+    sizes = torch.tensor([len(idx) for idx in batches], dtype=losses.dtype, device=images.device)
     # Mean per-sample loss; summed on the device and read once: no host sync per step.
     return float(losses @ sizes) / images.shape[0]
 
