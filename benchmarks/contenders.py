@@ -207,6 +207,27 @@ class Floor(FloorPython):
 
 CONTENDERS = {c.name: c for c in (Baseline, Ours, Floor, FloorPython)}
 
+PROBE_SOURCE = Path(__file__).with_name("core_latency.cpp")
+
+
+def core_probe(seconds: float = 0.2):
+    """A function giving the round trip (ns) of one cache line between this process's first two CPUs
+    (benchmarks/core_latency.cpp), or None where that cannot be measured (one CPU, no compiler, not Linux)."""
+    import os
+    from src.native import NativeBuildError, load
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return None
+    try:
+        ops = load("mnist_softmax_probe", PROBE_SOURCE, "the benchmark's core-latency probe needs it")
+    except NativeBuildError:
+        return None
+
+    def probe():
+        ns = ops.core_round_trip_ns(cpus[0], cpus[1], seconds)
+        return ns if ns > 0 else None
+    return probe
+
 
 def _proc_status_mib(*keys: str) -> dict:
     """Fields of /proc/self/status in MiB (None where unreadable). VmHWM: peak RSS of this process image

@@ -22,6 +22,10 @@ Contenders (all on the real MNIST raw files, in ONE process, with the same torch
   floor_py  the same products looped in Python (the floor of the runs before 2026-11-29 afternoon): shows
             what Python's per-op cost adds to the products alone.
 
+Like every stage process, this one asks MKL for strict conditional numerical reproducibility (src/mkl.py:
+MKL_CBWR=AUTO,STRICT unless the environment sets MKL_CBWR), before anything is multiplied; every contender,
+the peak-RSS children included, runs in that mode. settings.mkl_cbwr records it; another value adds a note.
+
 The contenders run interleaved, epoch by epoch, in a rotating order (epoch 1: baseline, ours, floor, floor_py;
 epoch 2: ours, floor, floor_py, baseline; ...), so drift of the machine's speed hits all alike.
 
@@ -43,6 +47,9 @@ What each reported number means:
                       the ru_maxrss that survives exec from the parent is small. rss_child_epoch_s: the
                       child's one epoch (not part of the timings above).
   final_accuracy      test accuracy after the last epoch (floor: none).
+  core_round_trip_ns_per_epoch   after each round of epochs, the round trip (ns) of one cache line between
+                      the process's first two CPUs (benchmarks/core_latency.cpp; None where not measurable):
+                      on the AMD VM ~60 ns in its quick state, ~340 ns in its slow one (README, Performance).
   ratios              ours/floor and baseline/ours of total_s and of median_epoch_s; ours_train/floor uses
                       ours' training passes only (floor has no evaluation); ours/floor_py against the
                       Python-loop floor; accuracy_diff_points = 100 × (baseline − ours) final accuracy.
@@ -133,9 +140,11 @@ def summarize(name, setup_s, epochs, n_train) -> dict:
     }
 
 
-def compare(args, cfg, params, names) -> dict:
+def compare(args, cfg, params, names) -> tuple[dict, list]:
+    """Per-contender summaries, and the core-to-core round trip (ns; None: not measurable) after each round."""
     import torch
-    from benchmarks.contenders import CONTENDERS
+    from benchmarks.contenders import CONTENDERS, core_probe
+    probe = core_probe()
     torch.set_num_threads(cfg["threads"])
     contenders, setup_s = {}, {}
     for name in names:
@@ -146,19 +155,21 @@ def compare(args, cfg, params, names) -> dict:
         contenders[name] = c
         log(f"setup {name}: {setup_s[name]:.2f} s ({c.n_train} train / {c.n_test} test samples, batch {c.batch_size})")
     epochs = {name: [] for name in names}
+    round_trips = []
     for epoch in range(args.epochs):
         k = epoch % len(names)
         order = names[k:] + names[:k]  # rotate who goes first
         for name in order:
             epochs[name].append(contenders[name].run_epoch())
+        round_trips.append(probe() if probe else None)  # the machine's state, right after this round
         log(f"epoch {epoch + 1}/{args.epochs}: " + "  ".join(
             f"{n} {epochs[n][-1]['train_s'] + epochs[n][-1]['eval_s']:.2f} s"
             + (f" acc {100 * epochs[n][-1]['accuracy']:.2f}%" if epochs[n][-1]["accuracy"] is not None else "")
-            for n in names))
+            for n in names) + (f"  (core round trip {round_trips[-1]:.0f} ns)" if round_trips[-1] else ""))
     results = {n: summarize(n, setup_s[n], epochs[n], contenders[n].n_train) for n in names}
     for n in names:
         results[n]["batch_size"] = contenders[n].batch_size
-    return results
+    return results, round_trips
 
 
 def ratios(res: dict) -> dict:
@@ -275,6 +286,8 @@ def print_scale(s, threads):
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    from src.mkl import use_strict_cnr
+    use_strict_cnr()  # as every stage process: before this process or its children multiply anything
     from src.params import load_params
     params = load_params(args.params)
     threads = args.threads or params.train.threads
@@ -284,6 +297,9 @@ def main(argv=None):
     notes = []
     if args.limit_samples:
         notes.append(f"DEBUG: --limit-samples {args.limit_samples}: numbers are NOT comparable to full runs")
+    mkl_cbwr = os.environ.get("MKL_CBWR")
+    if mkl_cbwr != "AUTO,STRICT":
+        notes.append(f"MKL_CBWR={mkl_cbwr!r}: not the stages' strict CNR mode (src/mkl.py)")
     if os.environ.get("OMP_NUM_THREADS"):
         notes.append(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} was set")
 
@@ -293,12 +309,13 @@ def main(argv=None):
         s = scale(args, cfg, params)
         info["loadavg_at_end"] = list(os.getloadavg())
         data = {"benchmark": "train_speed", "mode": "scale", "machine": info, "notes": notes,
-                "settings": {"threads": threads, "params": cfg["params"], "raw": cfg["raw"],
-                             "epoch_points": args.scale_epochs, "batch_sizes": args.scale_batch_sizes,
+                "settings": {"threads": threads, "mkl_cbwr": mkl_cbwr, "params": cfg["params"],
+                             "raw": cfg["raw"], "epoch_points": args.scale_epochs, "batch_sizes": args.scale_batch_sizes,
                              "epochs_per_batch_size": args.scale_batch_epochs, "limit_samples": args.limit_samples,
                              "train": _train_params(params)},
                 "scale": s}
         print_scale(s, threads)
+        print(f"  MKL_CBWR (src/mkl.py): {mkl_cbwr}")
         out = write_json(args.out or RESULTS / "train_speed_scale.json", data)
         print(f"\nwrote {out}")
         return 0
@@ -314,17 +331,19 @@ def main(argv=None):
         if (p.batch_size, p.lr, p.momentum, p.optimizer) != (COURSE["batch_size"], COURSE["lr"], COURSE["momentum"], "sgd"):
             notes.append("params.yaml's train settings differ from the course's (batch 64, SGD lr 0.01 momentum 0.5)"
                          " the baseline uses: the accuracy comparison is not like for like")
-    res = compare(args, cfg, params, names)
+    res, round_trips = compare(args, cfg, params, names)
     for n in names:
         res[n].update({k: v for k, v in rss.get(n, {}).items()})
     rat = ratios(res)
     info["loadavg_at_end"] = list(os.getloadavg())
     data = {"benchmark": "train_speed", "mode": "compare", "machine": info, "notes": notes,
-            "settings": {"epochs": args.epochs, "threads": threads, "params": cfg["params"], "raw": cfg["raw"],
+            "settings": {"epochs": args.epochs, "threads": threads, "mkl_cbwr": mkl_cbwr,
+                         "params": cfg["params"], "raw": cfg["raw"],
                          "limit_samples": args.limit_samples, "order": "interleaved epoch by epoch, rotating",
                          "train": _train_params(params)},
-            "contenders": res, "ratios": rat}
+            "contenders": res, "ratios": rat, "core_round_trip_ns_per_epoch": round_trips}
     print_compare(res, rat, rss, args.epochs)
+    print(f"  MKL_CBWR, every contender (src/mkl.py): {mkl_cbwr}")
     for n in notes:
         print(f"  note: {n}")
     out = write_json(args.out or RESULTS / "train_speed.json", data)

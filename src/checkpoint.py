@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
 
+import src.mkl
 import src.model
 import src.native
 import src.train
@@ -29,13 +31,15 @@ SECTIONS = ("model.", "train.")  # and the top-level seed
 
 
 def fingerprint(params: Params, data_dir: str | Path, code_files, device) -> str:
-    """SHA-256 over the params sections seed/model/train, the data and code files' SHA-256, torch, device."""
+    """SHA-256 over the params sections seed/model/train, the data and code files' SHA-256, torch, device and
+    MKL's CNR mode (src/mkl.py: another mode gives other bits)."""
     settings = {k: v for k, v in flatten(params).items() if k == "seed" or k.startswith(SECTIONS)}
     data = {p.name: sha256_file(p) for p in sorted(Path(data_dir).iterdir())
             if p.is_file() and not p.name.startswith(".")}
     code = [sha256_file(f) for f in code_files]  # in the caller's order (two of them are named train.py)
     blob = json.dumps({"format": FORMAT, "settings": settings, "data": data, "code": code,
-                       "torch": torch.__version__, "device": str(device)}, sort_keys=True)
+                       "torch": torch.__version__, "device": str(device),
+                       "mkl_cbwr": os.environ.get("MKL_CBWR")}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -44,7 +48,7 @@ class Checkpoint:
 
     def __init__(self, path: str | Path, params: Params, data_dir: str | Path, device, code_files=(), log=print):
         self.path, self.log = Path(path), log
-        code = [*code_files, src.train.__file__, src.native.SOURCE, src.model.__file__, __file__]
+        code = [*code_files, src.train.__file__, src.native.SOURCE, src.model.__file__, src.mkl.__file__, __file__]
         self.fingerprint = fingerprint(params, data_dir, code, device)
 
     def resume(self, model, optimizer, generator: torch.Generator) -> tuple[list[EpochResult], dict[str, str]]:

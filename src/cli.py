@@ -8,6 +8,7 @@ import traceback
 from typing import Callable
 
 from src.errors import ExplainedError
+from src.mkl import use_strict_cnr
 
 
 class StageError(ExplainedError, RuntimeError):
@@ -22,6 +23,7 @@ def run(main: Callable[[list[str] | None], object], name: str) -> int:
     """Run a stage's main() as a program, which ends right after: exit 0, or 1 with a clear message, 130 when
     interrupted."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    use_strict_cnr()  # before the stage's first matrix product: the same bits for any train.threads
     try:
         main(None)
         return 0

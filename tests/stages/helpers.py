@@ -80,6 +80,18 @@ def run_plot(tiny: Tiny, params: Path):
     return plot.main(plot_argv(tiny, params))
 
 
+def run_stage_program(tiny: Tiny, stage: str, argv: list[str], env: dict):
+    """pipeline.<stage> as `python -m` runs it (through src.cli.run), in a fresh interpreter with the tiny
+    dataset registered and exactly `env` (+ the project on the import path); the finished process."""
+    code = ("import sys\nfrom src.datasets import DatasetSpec, register\n" + synthetic.registration_code(tiny.files)
+            + f"from src.cli import run\nfrom pipeline.{stage} import main\n"
+            f"sys.exit(run(lambda _: main({argv!r}), {stage!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tiny.root / "work",
+                          env={**env, "PYTHONPATH": str(synthetic.ROOT)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def packages_imported_by(tiny: Tiny, stage: str, argv: list[str]) -> list[str]:
     """Run pipeline.<stage>.main(argv) in a fresh interpreter (this one has torch and mlflow loaded) with the
     tiny dataset registered there too; return the top-level packages that process imported."""

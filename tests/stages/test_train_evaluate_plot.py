@@ -16,8 +16,8 @@ from src.model import load_model
 from src.params import load_params
 from src.prepared_torch import load_split
 from src.train import predict
-from tests.stages.helpers import (packages_imported_by, plot_argv, run_evaluate, run_plot, run_train,
-                                  staging_leftovers)
+from tests.stages.helpers import (packages_imported_by, plot_argv, run_evaluate, run_plot, run_stage_program,
+                                  run_train, staging_leftovers)
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -139,6 +139,23 @@ def test_plot_runs_without_torch(trained):
     run_evaluate(tiny, params)
     assert "torch" not in packages_imported_by(tiny, "plot", plot_argv(tiny, params))
     assert (tiny.paths["plots"] / "confusion_matrix.png").is_file()
+
+
+def test_train_writes_the_same_model_with_one_and_two_threads(prepared):
+    """A train stage process asks MKL for strict CNR (src/mkl.py) before it multiplies anything, so the
+    thread count does not change the bits: the default model's widths (where MKL splits the products among
+    threads, and without strict CNR 1 and 2 threads give other bits), an environment without MKL_CBWR."""
+    tiny, _ = prepared
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    models = []
+    for threads in (1, 2):
+        params = tiny.params(name=f"params_{threads}.yaml", **{"train.threads": threads, "train.epochs": 2,
+                                                               "model.hidden_sizes": [512, 256, 128, 64]})
+        model, history = tiny.root / f"model_{threads}.pt", tiny.root / f"history_{threads}.json"
+        run_stage_program(tiny, "train", ["--params", str(params), "--data", tiny.path("prepared"),
+                                          "--model", str(model), "--history", str(history)], env)
+        models.append((model.read_bytes(), history.read_bytes()))
+    assert models[0] == models[1]
 
 
 def test_train_without_a_compiler_stops_before_training_and_manual_still_trains(prepared, tmp_path):
