@@ -10,6 +10,7 @@ first N train and test samples: a debug setting), batch_size (None: params' trai
 from __future__ import annotations
 
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -220,11 +221,15 @@ def core_probe(seconds: float = 0.2):
         return None
     try:
         ops = load("mnist_softmax_probe", PROBE_SOURCE, "the benchmark's core-latency probe needs it")
-    except NativeBuildError:
+    except NativeBuildError as exc:
+        print(f"core-latency probe not available, not measured: {str(exc)[:300]}", file=sys.stderr)
         return None
 
     def probe():
-        ns = ops.core_round_trip_ns(cpus[0], cpus[1], seconds)
+        try:
+            ns = ops.core_round_trip_ns(cpus[0], cpus[1], seconds)
+        except RuntimeError:  # e.g. no second thread could be started
+            return None
         return ns if ns > 0 else None
     return probe
 

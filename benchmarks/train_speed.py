@@ -47,9 +47,10 @@ What each reported number means:
                       the ru_maxrss that survives exec from the parent is small. rss_child_epoch_s: the
                       child's one epoch (not part of the timings above).
   final_accuracy      test accuracy after the last epoch (floor: none).
-  core_round_trip_ns_per_epoch   after each round of epochs, the round trip (ns) of one cache line between
-                      the process's first two CPUs (benchmarks/core_latency.cpp; None where not measurable):
-                      on the AMD VM ~60 ns in its quick state, ~340 ns in its slow one (README, Performance).
+  core_round_trip_ns_per_epoch   read after each round (one epoch of every contender), the round trip (ns)
+                      of one cache line between the process's first two CPUs (benchmarks/core_latency.cpp;
+                      None where not measurable): on the AMD VM ~60 ns or ~340 ns, the latter in its slow
+                      state (README, Performance). A state can change within a round: it is not per epoch.
   ratios              ours/floor and baseline/ours of total_s and of median_epoch_s; ours_train/floor uses
                       ours' training passes only (floor has no evaluation); ours/floor_py against the
                       Python-loop floor; accuracy_diff_points = 100 × (baseline − ours) final accuracy.
@@ -286,7 +287,7 @@ def print_scale(s, threads):
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from src.mkl import use_strict_cnr
+    from src.mkl import MKL_CBWR, use_strict_cnr
     use_strict_cnr()  # as every stage process: before this process or its children multiply anything
     from src.params import load_params
     params = load_params(args.params)
@@ -298,7 +299,7 @@ def main(argv=None):
     if args.limit_samples:
         notes.append(f"DEBUG: --limit-samples {args.limit_samples}: numbers are NOT comparable to full runs")
     mkl_cbwr = os.environ.get("MKL_CBWR")
-    if mkl_cbwr != "AUTO,STRICT":
+    if mkl_cbwr != MKL_CBWR:
         notes.append(f"MKL_CBWR={mkl_cbwr!r}: not the stages' strict CNR mode (src/mkl.py)")
     if os.environ.get("OMP_NUM_THREADS"):
         notes.append(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} was set")

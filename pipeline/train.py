@@ -59,7 +59,8 @@ def main(argv=None):
     logged_params = {**flatten(params),
                      "data.normalize.mean_used": repr(info["normalize"]["mean"]),
                      "data.normalize.std_used": repr(info["normalize"]["std"]),
-                     "train.device_used": str(device)}
+                     "train.device_used": str(device),
+                     "mkl_cbwr_used": os.environ.get("MKL_CBWR", "")}  # src/mkl.py: it decides the bits
     digest = dataset_digest(info["raw_sha256"])
     tags = {**run_context_tags(), "dataset": info["dataset"], "dataset_digest": digest,
             **{f"dataset_sha256.{name}": digest for name, digest in info["raw_sha256"].items()}, **resume_tags}

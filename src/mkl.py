@@ -1,12 +1,9 @@
 """MKL's conditional numerical reproducibility (CNR) in strict mode, for every stage, benchmark and test.
 
-torch's CPU matrix products run in Intel MKL. By default MKL splits a product among the threads in a way
-that depends on the thread count, so 1 and 2 threads give different bits; and the split does not line up
-with the rows each thread later updates elementwise (`lerp_` of the weights), so each step moves half of
-the weights between the cores' caches. Strict CNR (MKL_CBWR=AUTO,STRICT) gives the same bits for any thread
-count on one CPU, and on the 2-vCPU AMD VM of 2026-11-29 it also made 2-thread training faster: the weight
-update's `lerp_` fell from ~100 to ~55 ms an epoch, and from ~510 to ~180 ms in the VM's slow state, whose
-core-to-core round trip of ~340 ns (against ~60 ns) makes every such move expensive (README, Performance).
+torch's CPU matrix products run in Intel MKL, which by default splits a product among the threads in a way
+that depends on their count: 1 and 2 threads gave different weights here. With MKL_CBWR=AUTO,STRICT they
+gave the same (Intel documents strict CNR for ?gemm on AVX2/AVX-512 code paths; builds without MKL ignore
+the variable), and 2-thread training ran faster on the AMD VM: README, Performance, has the numbers.
 
 MKL reads MKL_CBWR at its first call in a process: `use_strict_cnr` must run before the process multiplies
 anything (importing torch is fine). A process that already used MKL keeps its mode.
@@ -19,5 +16,6 @@ MKL_CBWR = "AUTO,STRICT"  # AUTO: the code path MKL picks for this CPU (bits sti
 
 
 def use_strict_cnr() -> None:
-    """Ask MKL for strict CNR in this process (and its children), unless MKL_CBWR is already set."""
+    """Ask MKL for strict CNR in this process (and its children), unless MKL_CBWR is already set: a value
+    set on purpose wins, and the train stage logs the one in effect (MLflow param mkl_cbwr_used)."""
     os.environ.setdefault("MKL_CBWR", MKL_CBWR)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 
 import pytest
@@ -129,7 +130,8 @@ def test_mlflow_run_records_params_per_epoch_metrics_final_metrics_and_artifacts
     expected = _flatten_yaml(P.read_params(root))
     assert {k: run.data.params.get(k) for k in expected} == expected
     assert set(run.data.params) - set(expected) == {"data.normalize.mean_used", "data.normalize.std_used",
-                                                    "train.device_used"}
+                                                    "train.device_used", "mkl_cbwr_used"}
+    assert run.data.params["mkl_cbwr_used"] == os.environ["MKL_CBWR"]  # tests/conftest.py's, which DVC passed on
 
     history = json.loads((root / "metrics" / "train_history.json").read_text())
     for key in ("train_loss", "test_loss", "test_accuracy"):
