@@ -248,7 +248,10 @@ def main(argv=None):
                "settings": {"epochs": args.epochs, "lrs": lrs, "noop_repeats": args.noop_repeats,
                             "copy": str(work / "project"), "raw": str(raw), "quick": args.quick,
                             "tracking": "MLflow default store: the copy's mlflow.db",
-                            "sweep_threads": "jobs=1: train.threads=2; jobs=2: train.threads=1 per worker"}}
+                            "sweep_threads": "jobs=1: train.threads=2; jobs=2: train.threads=1 per worker",
+                            # what the stages inherit (None: each sets src/mkl.py's strict mode itself); the
+                            # course script runs through train_speed, which sets it too
+                            "mkl_cbwr_env": os.environ.get("MKL_CBWR")}}
     proj = None
     try:
         proj = make_copy(work, raw, args.epochs)
