@@ -4,9 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +16,6 @@ from src.train import predict
 from tests.stages.helpers import (packages_imported_by, plot_argv, run_evaluate, run_plot, run_stage_program,
                                   run_train, staging_leftovers)
 
-ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["confusion_matrix.png", "loss_accuracy.png", "misclassified.png"]
 
@@ -170,15 +166,11 @@ def test_train_without_a_compiler_stops_before_training_and_manual_still_trains(
     extension cache): manual-cpp stops before training with the fix in the message; manual trains."""
     tiny, _ = prepared
     env = {**os.environ, "CXX": "/bin/false", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}
-    code = ("import sys\nfrom tests import synthetic\nfrom src.cli import run\nfrom pipeline import train\n"
-            "synthetic.register_tiny(synthetic.raw_files())\n"
-            "sys.exit(run(lambda _: train.main(sys.argv[1:]), 'train'))\n")
     runs = {}
     for backward in ("manual-cpp", "manual"):
         argv = ["--params", str(tiny.params(**{"train.backward": backward})), "--data", tiny.path("prepared"),
                 "--model", tiny.path("model"), "--history", tiny.path("history")]
-        runs[backward] = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, env=env,
-                                        capture_output=True, text=True)
+        runs[backward] = run_stage_program(tiny, "train", argv, env, check=False)
         if backward == "manual-cpp":
             assert not tiny.paths["model"].exists() and not tiny.paths["history"].exists()
     failed, trained = runs["manual-cpp"], runs["manual"]
