@@ -219,7 +219,7 @@ def sweep(proj: Path, lrs: list[str], jobs: int, threads: int, timeout: float) -
 
 def baseline_script(raw: Path, epochs: int, out: Path, timeout: float) -> dict:
     """The course's conventional script (train_speed's baseline) alone in a new process, timed from outside."""
-    cmd = [sys.executable, "-m", "benchmarks.train_speed", "--only", "baseline", "--no-rss",
+    cmd = [sys.executable, "-m", "benchmarks.train_speed", "--only", "baseline", "--no-rss", "--no-probe",
            "--epochs", str(epochs), "--raw", str(raw), "--out", str(out)]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, timeout=timeout, capture_output=True, text=True)

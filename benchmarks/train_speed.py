@@ -88,6 +88,8 @@ def parse_args(argv=None):
     ap.add_argument("--skip-baseline", action="store_true", help="time only ours and floor")
     ap.add_argument("--only", choices=ORDER, help="time this contender alone (benchmarks.sweep: the baseline)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="skip the core-to-core probe between rounds (benchmarks.sweep: it times this process)")
     ap.add_argument("--limit-samples", type=int, help="debug only: use the first N train and test samples")
     ap.add_argument("--scale", action="store_true", help="ours only: time vs epochs and vs batch size")
     ap.add_argument("--scale-epochs", default="1,5,10,20", help="--scale: epoch counts to report (one run)")
@@ -145,7 +147,7 @@ def compare(args, cfg, params, names) -> tuple[dict, list]:
     """Per-contender summaries, and the core-to-core round trip (ns; None: not measurable) after each round."""
     import torch
     from benchmarks.contenders import CONTENDERS, core_probe
-    probe = core_probe()
+    probe = None if args.no_probe else core_probe()
     torch.set_num_threads(cfg["threads"])
     contenders, setup_s = {}, {}
     for name in names:
