@@ -235,6 +235,7 @@ def baseline_script(raw: Path, epochs: int, out: Path, timeout: float) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
+    from src import mkl
     from src.params import load_params
     params = load_params(ROOT / "params.yaml")
     raw = ensure_raw(args.raw, params)
@@ -251,7 +252,7 @@ def main(argv=None):
                             "sweep_threads": "jobs=1: train.threads=2; jobs=2: train.threads=1 per worker",
                             # what the stages inherit (None: each sets src/mkl.py's strict mode itself); the
                             # course script runs through train_speed, which sets it too
-                            "mkl_cbwr_env": os.environ.get("MKL_CBWR")}}
+                            "mkl_cbwr_env": mkl.requested()}}
     proj = None
     try:
         proj = make_copy(work, raw, args.epochs)

@@ -289,7 +289,7 @@ def print_scale(s, threads):
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from src.mkl import MKL_CBWR, use_strict_cnr
+    from src.mkl import MKL_CBWR, requested, use_strict_cnr
     use_strict_cnr()  # as every stage process: before this process or its children multiply anything
     from src.params import load_params
     params = load_params(args.params)
@@ -300,7 +300,7 @@ def main(argv=None):
     notes = []
     if args.limit_samples:
         notes.append(f"DEBUG: --limit-samples {args.limit_samples}: numbers are NOT comparable to full runs")
-    mkl_cbwr = os.environ.get("MKL_CBWR")
+    mkl_cbwr = requested()
     if mkl_cbwr != MKL_CBWR:
         notes.append(f"MKL_CBWR={mkl_cbwr!r}: not the stages' strict CNR mode (src/mkl.py)")
     if os.environ.get("OMP_NUM_THREADS"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from src.checkpoint import Checkpoint
+from src import mkl
 from src.cli import StageError, run
 from src.datasets import dataset_digest
 from src.fileio import sha256_file, write_json_atomic
@@ -60,7 +61,7 @@ def main(argv=None):
                      "data.normalize.mean_used": repr(info["normalize"]["mean"]),
                      "data.normalize.std_used": repr(info["normalize"]["std"]),
                      "train.device_used": str(device),
-                     "mkl_cbwr_used": os.environ.get("MKL_CBWR", "")}  # src/mkl.py: it decides the bits
+                     "mkl_cbwr_used": mkl.requested() or ""}  # src/mkl.py: it decides the bits
     digest = dataset_digest(info["raw_sha256"])
     tags = {**run_context_tags(), "dataset": info["dataset"], "dataset_digest": digest,
             **{f"dataset_sha256.{name}": digest for name, digest in info["raw_sha256"].items()}, **resume_tags}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -39,7 +38,7 @@ def fingerprint(params: Params, data_dir: str | Path, code_files, device) -> str
     code = [sha256_file(f) for f in code_files]  # in the caller's order (two of them are named train.py)
     blob = json.dumps({"format": FORMAT, "settings": settings, "data": data, "code": code,
                        "torch": torch.__version__, "device": str(device),
-                       "mkl_cbwr": os.environ.get("MKL_CBWR")}, sort_keys=True)
+                       "mkl_cbwr": src.mkl.requested()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

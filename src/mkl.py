@@ -19,3 +19,8 @@ def use_strict_cnr() -> None:
     """Ask MKL for strict CNR in this process (and its children), unless MKL_CBWR is already set: a value
     set on purpose wins, and the train stage logs the one in effect (MLflow param mkl_cbwr_used)."""
     os.environ.setdefault("MKL_CBWR", MKL_CBWR)
+
+
+def requested() -> str | None:
+    """The MKL_CBWR this process asks for (None: MKL's default mode), as MKL reads it at its first call."""
+    return os.environ.get("MKL_CBWR")
