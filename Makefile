@@ -1,4 +1,4 @@
-# `make repro` trains; `make test` runs the test suite. Both create .venv and install the pins first.
+# `make repro` trains; `make test` runs the test suite. Both create .venv and install the project first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,12 +9,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 setup: $(INSTALLED)
 
-# The last step builds the C++ train step (~10 s) now rather than in the first training. Without a compiler
-# setup goes on: train.backward: manual-cpp then stops with the reason, and manual or autograd still work.
-$(INSTALLED): requirements.txt
+# The package (src/mnist_softmax) editable, with its pinned dependencies and the test tools.
+$(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
-	$(BIN)/python -c "from src.native import ops; ops()" || echo "setup: warning: C++ train step not built"
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[test]"
 	touch $@
 
 repro: $(INSTALLED)

@@ -1,1 +1,1 @@
-"""Benchmarks of the pipeline: `python -m benchmarks.train_speed` and `python -m benchmarks.sweep` (see README.md)."""
+"""Benchmarks (not tests): `python -m benchmarks.train_speed` and `python -m benchmarks.sweep`; see docs/performance.md."""

@@ -2,10 +2,10 @@
 import argparse
 import sys
 
-from src.cli import run
-from src.datasets import DATASETS
-from src.download import download
-from src.params import load_params
+from mnist_softmax.cli import run
+from mnist_softmax.datasets import DATASETS
+from mnist_softmax.download import download
+from mnist_softmax.params import load_params
 
 
 def main(argv=None):

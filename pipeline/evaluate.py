@@ -1,8 +1,5 @@
-"""Stage evaluate: final test metrics, confusion matrix and per-sample predictions of the trained model.
-
-No MLflow here (its import and store cost ~3 s a process): the plot stage, which runs next, logs the metrics
-and the confusion matrix (not the predictions CSV) with the plots into the training's run.
-"""
+"""Stage evaluate: final test metrics, confusion matrix and per-sample predictions of the trained model,
+also logged into the MLflow run that trained it."""
 import argparse
 import csv
 import io
@@ -11,14 +8,13 @@ from pathlib import Path
 
 import torch
 
-from src.cli import run
-from src.evaluate import confusion_matrix, evaluation_summary
-from src.fileio import write_bytes_atomic, write_json_atomic
-from src.model import load_model
-from src.params import load_params
-from src.prepared import TEST_FILE, load_info
-from src.prepared_torch import load_split
-from src.train import predict
+from mnist_softmax.cli import run
+from mnist_softmax.evaluate import confusion_matrix, evaluation_summary, predict, summary_metrics
+from mnist_softmax.fileio import sha256_file, write_bytes_atomic, write_json_atomic
+from mnist_softmax.model import load_model
+from mnist_softmax.params import load_params
+from mnist_softmax.prepared import TEST_FILE, load_info, load_split
+from mnist_softmax.tracking import open_tracker
 
 
 def main(argv=None):
@@ -31,22 +27,27 @@ def main(argv=None):
     parser.add_argument("--predictions", required=True, help="per-sample predictions CSV to write")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)
     torch.set_num_threads(params.train.threads)
 
     model, _ = load_model(args.model)  # weights_only=True: a tampered file is refused before anything runs
-    info = load_info(Path(args.data))
-    classes = info["classes"]
-    test = load_split(Path(args.data) / TEST_FILE)
-    loss, accuracy, predicted, _ = predict(model, test.images, test.labels, batch_size=params.train.eval_batch_size)
-    confusion = confusion_matrix(test.labels, predicted, len(classes))
-    write_json_atomic(args.metrics, evaluation_summary(loss, accuracy, confusion, classes))
-    write_json_atomic(args.confusion, {"classes": classes, "counts": confusion.tolist()})
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["actual", "predicted"])
-    writer.writerows((classes[t], classes[p]) for t, p in zip(test.labels.tolist(), predicted.tolist()))
-    write_bytes_atomic(args.predictions, table.getvalue().encode())
-    print(f"evaluate: test accuracy {100 * accuracy:.2f}%  test loss {loss:.4f}")
+    with tracker.attached_run(sha256_file(args.model)) as mlrun:
+        classes = load_info(Path(args.data))["classes"]
+        images, labels = (torch.from_numpy(a) for a in load_split(Path(args.data) / TEST_FILE))
+        result = predict(model, images, labels, batch_size=params.train.eval_batch_size)
+        confusion = confusion_matrix(labels, result.predicted, len(classes))
+        summary = evaluation_summary(result.loss, result.accuracy, confusion, classes)
+        write_json_atomic(args.metrics, summary)
+        write_json_atomic(args.confusion, {"classes": classes, "counts": confusion.tolist()})
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((classes[t], classes[p]) for t, p in zip(labels.tolist(), result.predicted.tolist()))
+        write_bytes_atomic(args.predictions, table.getvalue().encode())
+        mlrun.log_metrics(summary_metrics(summary))
+        for path in (args.metrics, args.confusion, args.predictions):
+            mlrun.log_artifact(path, "evaluation")
+        print(f"evaluate: test accuracy {100 * result.accuracy:.2f}%  test loss {result.loss:.4f}")
 
 
 if __name__ == "__main__":

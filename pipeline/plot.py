@@ -1,19 +1,16 @@
-"""Stage plot: PNGs of the loss/accuracy curves, the confusion matrix and misclassified test digits.
-
-It also reports to MLflow for evaluate (which does not import it): the final metrics, the evaluation files
-and the PNGs go into the run that trained the model.
-"""
+"""Stage plot: PNGs of the loss/accuracy curves, the confusion matrix and misclassified test digits, also
+logged into the MLflow run that trained the model."""
 import argparse
 import csv
 import sys
 from pathlib import Path
 
-from src.cli import run
-from src.fileio import atomic_dir, read_json, sha256_file
-from src.params import load_params
-from src.plots import confusion_heatmap, loss_accuracy, misclassified_grid
-from src.prepared import TEST_FILE, load_arrays, load_info
-from src.tracking import evaluation_metrics, open_tracker
+from mnist_softmax.cli import run
+from mnist_softmax.fileio import atomic_dir, read_json, sha256_file
+from mnist_softmax.params import load_params
+from mnist_softmax.plots import confusion_heatmap, loss_accuracy, misclassified_grid
+from mnist_softmax.prepared import TEST_FILE, load_info, load_split
+from mnist_softmax.tracking import open_tracker
 
 
 def main(argv=None):
@@ -22,19 +19,14 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="prepared folder (for the test images)")
     parser.add_argument("--model", required=True, help="model file (only to find its MLflow run)")
     parser.add_argument("--history", required=True, help="train's per-epoch history JSON")
-    parser.add_argument("--metrics", required=True, help="evaluate's metrics JSON (logged to MLflow)")
     parser.add_argument("--confusion", required=True, help="evaluate's confusion-matrix JSON")
     parser.add_argument("--predictions", required=True, help="evaluate's predictions CSV")
     parser.add_argument("--out", required=True, help="folder for the PNGs (replaced whole)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-
     tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)
+
     with tracker.attached_run(sha256_file(args.model)) as mlrun:
-        # evaluate's results first, so a plotting failure still leaves them in the run.
-        mlrun.log_metrics(evaluation_metrics(read_json(args.metrics)))
-        for path in (args.metrics, args.confusion):
-            mlrun.log_artifact(path, "evaluation")
         info = load_info(Path(args.data))
         classes = info["classes"]
         index = {name: i for i, name in enumerate(classes)}
@@ -42,7 +34,7 @@ def main(argv=None):
             rows = list(csv.DictReader(f))
         true = [index[r["actual"]] for r in rows]
         predicted = [index[r["predicted"]] for r in rows]
-        test_images = load_arrays(Path(args.data) / TEST_FILE)["images"]
+        test_images, _ = load_split(Path(args.data) / TEST_FILE)
         norm = info["normalize"]
         images = (test_images * norm["std"] + norm["mean"]).reshape(-1, *info["image_shape"])  # back to [0,1]
         dpi = params.plot.dpi

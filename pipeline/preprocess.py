@@ -1,17 +1,14 @@
-"""Stage preprocess: parse the IDX files strictly, scale to [0,1], normalize, save train/test arrays.
-
-numpy only: this stage never imports torch (~2 s).
-"""
+"""Stage preprocess: parse the IDX files strictly, scale to [0,1], normalize, save train/test arrays."""
 import argparse
 import sys
 from pathlib import Path
 
-from src.cli import run
-from src.datasets import DATASETS
-from src.fileio import atomic_dir, sha256_file, write_json_atomic
-from src.params import load_params
-from src.prepared import INFO_FILE, TEST_FILE, TRAIN_FILE
-from src.preprocess import dataset_stats, load_raw, normalize, save_split, to_unit
+from mnist_softmax.cli import run
+from mnist_softmax.datasets import DATASETS
+from mnist_softmax.fileio import atomic_dir, sha256_file, write_json_atomic
+from mnist_softmax.params import load_params
+from mnist_softmax.prepared import INFO_FILE, TEST_FILE, TRAIN_FILE, save_split
+from mnist_softmax.preprocess import load_raw, normalization, normalize, to_unit
 
 
 def main(argv=None):
@@ -26,9 +23,7 @@ def main(argv=None):
     train_images, train_labels, test_images, test_labels = load_raw(spec, Path(args.raw))
     train_x, test_x = to_unit(train_images), to_unit(test_images)
     norm = params.data.normalize
-    auto_mean, auto_std = dataset_stats(train_x) if "auto" in (norm.mean, norm.std) else (None, None)
-    mean = auto_mean if norm.mean == "auto" else norm.mean  # auto: from the training split only
-    std = auto_std if norm.std == "auto" else norm.std
+    mean, std = normalization(norm.mean, norm.std, train_x)
     print(f"preprocess: {spec.name}: {len(train_labels)} train / {len(test_labels)} test images,"
           f" normalized with mean {mean:.6f} std {std:.6f}")
 

@@ -1,6 +1,6 @@
 """Stage train: the course's MLP on the prepared tensors; one MLflow run per training.
 
-With `train.checkpoint: true` the state after each epoch goes to --checkpoint (see src/checkpoint.py); a
+With `train.checkpoint: true` the state after each epoch goes to --checkpoint (see checkpoint.py); a
 training killed mid-way resumes there, in a new MLflow run that first re-logs the epochs already done (so the
 new run alone holds every step once, in order) and is tagged resumed_from_run / resumed_from_epoch.
 """
@@ -11,18 +11,15 @@ from pathlib import Path
 
 import torch
 
-from src.checkpoint import Checkpoint
-from src import mkl
-from src.cli import StageError, run
-from src.datasets import dataset_digest
-from src.fileio import sha256_file, write_json_atomic
-from src.model import MLP, architecture, save_model
-from src.params import flatten, load_params
-from src.prepared import TEST_FILE, TRAIN_FILE, load_info
-from src.prepared_torch import load_split
-from src.tracking import open_tracker, run_context_tags
-from src.native import ops as native_ops
-from src.train import ManualReluSGDStep, make_optimizer, resolve_device, train, use_deterministic_algorithms
+from mnist_softmax.checkpoint import Checkpoint
+from mnist_softmax.cli import StageError, run
+from mnist_softmax.datasets import dataset_digest
+from mnist_softmax.fileio import sha256_file, write_json_atomic
+from mnist_softmax.model import MLP, architecture, save_model
+from mnist_softmax.params import flatten, load_params
+from mnist_softmax.prepared import TEST_FILE, TRAIN_FILE, load_info, load_split
+from mnist_softmax.tracking import open_tracker, run_context_tags
+from mnist_softmax.train import make_optimizer, resolve_device, train, use_deterministic_algorithms
 
 
 def main(argv=None):
@@ -40,33 +37,30 @@ def main(argv=None):
     tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)  # fails before training
 
     torch.set_num_threads(p.threads)
-    use_deterministic_algorithms(True)
+    use_deterministic_algorithms()
     device = resolve_device(p.device)
-    info = load_info(Path(args.data))
-    train_split, test_split = load_split(Path(args.data) / TRAIN_FILE), load_split(Path(args.data) / TEST_FILE)
-    train_x, train_y = train_split.images.to(device), train_split.labels.to(device)  # moved once
-    test_x, test_y = test_split.images.to(device), test_split.labels.to(device)
+    data = Path(args.data)
+    info = load_info(data)
+    (train_x, train_y), (test_x, test_y) = ([torch.from_numpy(a).to(device) for a in load_split(data / name)]
+                                            for name in (TRAIN_FILE, TEST_FILE))  # on the device once
 
     torch.manual_seed(params.seed)  # weight init
     arch = architecture(train_x.shape[1], params.model.hidden_sizes, len(info["classes"]), params.model.activation)
     model = MLP(**arch).to(device)
     optimizer = make_optimizer(model, p.optimizer, p.lr, p.momentum, p.betas, p.weight_decay)
-    if p.backward == "manual-cpp" and ManualReluSGDStep.applies(model, optimizer):
-        native_ops()  # load (or build) the C++ step now: a machine that cannot build it fails before the run
     shuffle = torch.Generator().manual_seed(params.seed)
-    ckpt = Checkpoint(args.checkpoint, params, args.data, device, [__file__]) if p.checkpoint else None
+    ckpt = Checkpoint(args.checkpoint, params, data, device, [__file__]) if p.checkpoint else None
     done, resume_tags = ckpt.resume(model, optimizer, shuffle) if ckpt else ([], {})  # done: completed epochs
 
     logged_params = {**flatten(params),
                      "data.normalize.mean_used": repr(info["normalize"]["mean"]),
                      "data.normalize.std_used": repr(info["normalize"]["std"]),
-                     "train.device_used": str(device),
-                     "mkl_cbwr_used": mkl.requested() or ""}  # src/mkl.py: it decides the bits
+                     "train.device_used": str(device)}
     digest = dataset_digest(info["raw_sha256"])
     tags = {**run_context_tags(), "dataset": info["dataset"], "dataset_digest": digest,
             **{f"dataset_sha256.{name}": digest for name, digest in info["raw_sha256"].items()}, **resume_tags}
     with tracker.training_run(os.environ.get("DVC_EXP_NAME"), logged_params, tags) as mlrun:
-        mlrun.log_dataset(info["dataset"], digest, str(Path(args.data).resolve()), context="train")
+        mlrun.log_dataset(info["dataset"], digest, str(data.resolve()), context="train")
 
         def log_epoch(r):
             mlrun.log_metrics({"train_loss": r.train_loss, "test_loss": r.test_loss,
@@ -85,16 +79,15 @@ def main(argv=None):
 
         train(model, train_x, train_y, test_x, test_y, epochs=p.epochs, batch_size=p.batch_size,
               eval_batch_size=p.eval_batch_size, optimizer=optimizer, generator=shuffle,
-              backward=p.backward, start_epoch=len(done) + 1, on_epoch=report)
+              start_epoch=len(done) + 1, on_epoch=report)
         save_model(args.model, model, arch)
         # No timings in the history: it must be byte-identical for the same params, data and threads.
         write_json_atomic(args.history, [{k: v for k, v in h.as_dict().items() if k != "seconds"}
                                          for h in done])
-        model_hash = sha256_file(args.model)
         mlrun.log_artifact(args.model, "weights")
         if params.tracking.log_model:
-            mlrun.log_pytorch_model(model.cpu(), test_split.images[:4].numpy())
-        mlrun.set_model_hash(model_hash)  # last: the plot stage finds only complete runs
+            mlrun.log_pytorch_model(model.cpu(), test_x[:4].cpu().numpy())
+        mlrun.set_model_hash(sha256_file(args.model))  # last: evaluate and plot find only complete runs
     if ckpt:
         ckpt.remove()  # the outputs are complete: nothing left to resume
 

@@ -12,15 +12,14 @@ import struct
 from pathlib import Path
 
 import torch
-import yaml
 
-from src.datasets import DATASETS, DatasetSpec, register
+from mnist_softmax.datasets import DATASETS, DatasetSpec, register
+from tests.harness import ROOT, read_yaml, set_dotted, write_yaml
 
 NAME = "tiny"
 CLASSES = tuple(str(k) for k in range(10))
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
          "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
-ROOT = Path(__file__).resolve().parent.parent  # the project
 
 
 def idx_bytes(tensor: torch.Tensor) -> bytes:
@@ -30,8 +29,8 @@ def idx_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def normalized(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 torch images -> the preprocess stage's normalized float32 rows (src.preprocess), as a tensor."""
-    from src.preprocess import normalize, to_unit
+    """uint8 torch images -> the preprocess stage's normalized float32 rows (mnist_softmax.preprocess), as a tensor."""
+    from mnist_softmax.preprocess import normalize, to_unit
     return torch.from_numpy(normalize(to_unit(images.numpy()), mean, std))
 
 
@@ -79,7 +78,7 @@ def register_tiny(files: dict[str, bytes], name: str = NAME) -> DatasetSpec:
 
 
 def registration_code(files: dict[str, bytes], name: str = NAME) -> str:
-    """Python to append to a copied project's src/datasets.py, for tests that run real DVC processes."""
+    """Python to append to a copied project's datasets module, for tests that run real DVC processes."""
     return (f"\n\nregister(DatasetSpec(name={name!r}, files={dict(FILES)!r}, sha256={checksums(files)!r},"
             f" classes={CLASSES!r}, image_shape=(28, 28), torchvision_class=None))\n")
 
@@ -91,7 +90,7 @@ def unregister(name: str = NAME) -> None:
 def tiny_params(sources: list[str], **overrides) -> dict:
     """The project's params.yaml, switched to the tiny dataset and a small fast model.
     overrides: dotted keys, e.g. {"train.epochs": 3}."""
-    params = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params = copy.deepcopy(read_yaml(ROOT / "params.yaml"))
     params["data"]["dataset"] = NAME
     params["data"]["sources"] = {NAME: list(sources)}
     params["model"]["hidden_sizes"] = [32, 16]
@@ -99,15 +98,8 @@ def tiny_params(sources: list[str], **overrides) -> dict:
     params["plot"]["misclassified"] = 9
     params["plot"]["dpi"] = 40
     params["tracking"]["log_model"] = False
-    for key, value in overrides.items():
-        node = params
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return params
+    return set_dotted(params, overrides)
 
 
 def write_params(path: Path, params: dict) -> Path:
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+    return write_yaml(path, params)

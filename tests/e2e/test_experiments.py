@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import project as P
+from tests import harness as P
 from tests.e2e.conftest import SWEEP_LRS
 
 pytestmark = pytest.mark.e2e
@@ -122,7 +122,7 @@ def test_run_cache_restored_experiment_adds_no_mlflow_run(sweep):
 
 @pytest.mark.parametrize("override, key, says", [
     ("+train.l_r=0.1", "train.l_r", "unknown key"),  # `+` makes DVC add the key (plain train.l_r= it refuses)
-    ("train.lr='1e-3'", "train.lr", "as a string"),  # quoted: a string in params.yaml (unquoted 1e-3 is a float)
+    ("train.lr='1e-3'", "train.lr", "quoted string"),  # quoted: a string in params.yaml (unquoted 1e-3 is a float)
 ])
 def test_bad_param_through_exp_run_fails_naming_the_key_and_opens_no_run(sweep, override, key, says):
     root = sweep.root

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.e2e import project as P
+from tests import harness as P
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.e2e import project as P
+from tests import harness as P
 from tests.e2e.conftest import SWEEP_LRS
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""The store lock in src/mlflow_tracker.py, with real processes: several stages opening a FRESH SQLite store at
+"""The store lock in mnist_softmax/mlflow_tracker.py, with real processes: several stages opening a FRESH SQLite store at
 the same instant (parallel queued experiments) all succeed. Without the lock MLflow's table creation races
 (duplicate column name, alembic version mismatch): 4 processes, 3 trials, every process crashed."""
 from __future__ import annotations
@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from tests.e2e import project as P
+from tests import harness as P
 
 pytestmark = pytest.mark.e2e
 
 OPEN_AT = """
 import sys, time
 from pathlib import Path
-from src.mlflow_tracker import Tracker
+from mnist_softmax.mlflow_tracker import Tracker
 root, ready, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 ready.touch()
 while not go.exists():

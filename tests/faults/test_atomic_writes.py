@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from src.fileio import read_json, write_json_atomic
-from src.model import MLP, architecture, load_model, save_model
+from mnist_softmax.fileio import read_json, write_json_atomic
+from mnist_softmax.model import MLP, architecture, load_model, save_model
 
 ROUNDS = 24
 WAIT_S = 60

@@ -7,7 +7,8 @@ import signal
 
 import yaml
 
-from tests.faults.conftest import TRAIN_CMD, env, runs, steps
+from tests import harness as H
+from tests.faults.conftest import TRAIN_CMD
 
 
 def test_second_dvc_repro_fails_fast_on_the_lock_and_the_first_completes(project):
@@ -46,7 +47,8 @@ def test_two_trainings_on_a_fresh_store_at_once(project, tmp_path):
     assert not db.parent.exists()
     epochs = 5
     project.params(**{"train.epochs": epochs})
-    e = env(MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+    uri = f"sqlite:///{db}"
+    e = H.env(MLFLOW_TRACKING_URI=uri, PYTHONPATH="src")  # the copy's package, as its dvc.yaml runs it
     procs = []
     for name in ("a", "b"):
         cmd = [*TRAIN_CMD]
@@ -59,16 +61,11 @@ def test_two_trainings_on_a_fresh_store_at_once(project, tmp_path):
         for bad in ("database is locked", "duplicate column", "UNIQUE constraint", "Traceback"):
             assert bad not in proc.output, proc.output
 
-    found = runs(db)
-    assert len(found) == 2 and {r["status"] for r in found} == {"FINISHED"}
-    assert len({r["tags"]["pipeline.pid"] for r in found}) == 2
+    found = H.runs(uri)
+    assert len(found) == 2 and {r.info.status for r in found} == {"FINISHED"}
+    assert len({r.data.tags["pipeline.pid"] for r in found}) == 2
     for run in found:
         for key in ("train_loss", "test_loss", "test_accuracy", "epoch_seconds"):
-            assert steps(run, key) == list(range(1, epochs + 1)), (run["id"], key)
-    import sqlite3
-    con = sqlite3.connect(db)
-    try:
-        names = [n for (n,) in con.execute("SELECT name FROM experiments WHERE lifecycle_stage = 'active'")]
-    finally:
-        con.close()
+            assert H.steps(uri, run.info.run_id, key) == list(range(1, epochs + 1)), (run.info.run_id, key)
+    names = [e.name for e in H.mlflow_client(uri).search_experiments()]
     assert sorted(names) == ["Default", "mnist-softmax"]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests import synthetic
-from tests.faults.conftest import WAIT_S
+from tests.harness import WAIT_S
 
 
 class Mirror(http.server.ThreadingHTTPServer):

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.faults.conftest import env
+from tests.harness import env
 
 
 def closed_port() -> int:

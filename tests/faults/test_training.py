@@ -1,13 +1,14 @@
 """Faults during training, provoked for real on the tiny dataset in a copy of the project (issue #5, cases 5-7):
 a diverging loss, SIGTERM / Ctrl-C / kill -9 of the real `python -m pipeline.train` process, and resuming from
-the checkpoint after kill -9. MLflow state is read straight from the copy's SQLite store."""
+the checkpoint after kill -9. MLflow state is read back with MlflowClient."""
 from __future__ import annotations
 
 import os
 import re
 import signal
 
-from tests.faults.conftest import runs, steps
+from tests import harness as H
+
 
 EPOCH_LINE = r"^epoch +{n}/{total} "
 
@@ -17,8 +18,8 @@ def run_cache(project) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
-def assert_contiguous(run, upto_at_least: int, below: int):
-    got = steps(run)
+def assert_contiguous(project, run, upto_at_least: int, below: int):
+    got = project.steps(run)
     assert got == list(range(1, len(got) + 1)), f"steps not 1..n once each: {got}"
     assert upto_at_least <= len(got) < below, got
     return len(got)
@@ -39,18 +40,18 @@ def test_diverging_loss_stops_the_pipeline_and_caches_nothing(project):
     assert project.read("dvc.lock") == lock and run_cache(project) == cache
     for out in ("models/model.pt", "metrics/train_history.json", "metrics/eval.json"):
         assert not (project.path / out).exists(), out
-    (run,) = runs(project.db)
-    assert run["status"] == "FAILED"
-    assert run["tags"]["pipeline.end_reason"].startswith("NonFiniteLoss: epoch")
+    (run,) = project.runs()
+    assert run.info.status == "FAILED"
+    assert run.data.tags["pipeline.end_reason"].startswith("NonFiniteLoss: epoch")
 
     project.params(**{"train.epochs": 5, "train.lr": 0.04})
     done = project.dvc("repro", "train")
     assert done.returncode == 0, done.stdout
     assert "Running stage 'train'" in done.stdout and "cached" not in done.stdout
     assert "train:" in project.read("dvc.lock").decode() and (project.path / "models/model.pt").is_file()
-    failed, finished = runs(project.db)
-    assert (failed["status"], finished["status"]) == ("FAILED", "FINISHED")
-    assert steps(finished) == [1, 2, 3, 4, 5]
+    failed, finished = project.runs()
+    assert (failed.info.status, finished.info.status) == ("FAILED", "FINISHED")
+    assert project.steps(finished) == [1, 2, 3, 4, 5]
 
 
 def test_sigterm_and_ctrl_c_end_the_run_killed_with_its_epochs(project):
@@ -73,11 +74,11 @@ def test_sigterm_and_ctrl_c_end_the_run_killed_with_its_epochs(project):
     assert repro.wait() != 0
     assert "train: interrupted (Ctrl-C)" in repro.output, repro.output
 
-    first, second = runs(project.db)
+    first, second = project.runs()
     for run, why in ((first, "signal SIGTERM"), (second, "Ctrl-C")):
-        assert run["status"] == "KILLED", run
-        assert run["tags"]["pipeline.end_reason"] == "interrupted: " + why
-        assert_contiguous(run, 3, total)
+        assert run.info.status == "KILLED", run
+        assert run.data.tags["pipeline.end_reason"] == "interrupted: " + why
+        assert_contiguous(project, run, 3, total)
     assert project.read("dvc.lock") == lock and not (project.path / "models/model.pt").exists()
 
 
@@ -95,8 +96,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(project):
     os.kill(project.stage_pid("pipeline.train"), signal.SIGKILL)
     assert repro.wait() != 0
     assert ckpt.is_file() and not (project.path / "models/model.pt").exists()
-    (orphan,) = runs(project.db)
-    assert orphan["status"] == "RUNNING"  # nothing could end it: the next training does
+    (orphan,) = project.runs()
+    assert orphan.info.status == "RUNNING"  # nothing could end it: the next training does
 
     done = project.dvc("repro", "train")
     assert done.returncode == 0, done.stdout
@@ -104,20 +105,22 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(project):
                   r" \(MLflow run (\w+)\)", done.stdout)
     assert m, done.stdout
     resumed_at = int(m.group(1))
-    assert kill_at <= resumed_at < total and m.group(2) == orphan["id"]
+    assert kill_at <= resumed_at < total and m.group(2) == orphan.info.run_id
     first_epoch = re.search(r"^epoch +(\d+)/", done.stdout, re.M)
     assert first_epoch and int(first_epoch.group(1)) == resumed_at + 1, done.stdout
     assert not ckpt.exists()  # removed after success
 
-    orphan, resumed = runs(project.db)
-    assert orphan["status"] == "FAILED" and "ended without closing the run" in orphan["tags"]["pipeline.end_reason"]
-    assert resumed_at - 1 <= assert_contiguous(orphan, kill_at, total) <= resumed_at
-    assert resumed["status"] == "FINISHED"
-    assert resumed["tags"]["resumed_from_run"] == orphan["id"]
-    assert resumed["tags"]["resumed_from_epoch"] == str(resumed_at)
+    orphan, resumed = project.runs()
+    assert orphan.info.status == "FAILED"
+    assert "ended without closing the run" in orphan.data.tags["pipeline.end_reason"]
+    assert resumed_at - 1 <= assert_contiguous(project, orphan, kill_at, total) <= resumed_at
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["resumed_from_run"] == orphan.info.run_id
+    assert resumed.data.tags["resumed_from_epoch"] == str(resumed_at)
     for key in ("train_loss", "test_loss", "test_accuracy"):
-        assert steps(resumed, key) == list(range(1, total + 1)), key
-        assert orphan["metrics"][key] == resumed["metrics"][key][:len(orphan["metrics"][key])]
+        assert project.steps(resumed, key) == list(range(1, total + 1)), key
+        before = H.metric_steps(project.path, orphan.info.run_id, key)
+        assert before == H.metric_steps(project.path, resumed.info.run_id, key)[:len(before)]
     model, history = project.read("models/model.pt"), project.read("metrics/train_history.json")
 
     done = project.dvc("repro", "-f", "train")

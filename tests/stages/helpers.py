@@ -70,8 +70,8 @@ def run_evaluate(tiny: Tiny, params: Path, model: Path | None = None):
 
 def plot_argv(tiny: Tiny, params: Path) -> list[str]:
     return ["--params", str(params), "--data", tiny.path("prepared"), "--model", tiny.path("model"),
-            "--history", tiny.path("history"), "--metrics", tiny.path("metrics"),
-            "--confusion", tiny.path("confusion"), "--predictions", tiny.path("predictions"),
+            "--history", tiny.path("history"), "--confusion", tiny.path("confusion"),
+            "--predictions", tiny.path("predictions"),
             "--out", tiny.path("plots")]
 
 
@@ -80,24 +80,10 @@ def run_plot(tiny: Tiny, params: Path):
     return plot.main(plot_argv(tiny, params))
 
 
-def run_stage_program(tiny: Tiny, stage: str, argv: list[str], env: dict, check: bool = True):
-    """pipeline.<stage> as `python -m` runs it (through src.cli.run), in a fresh interpreter with the tiny
-    dataset registered and exactly `env` (+ the project on the import path); the finished process, which
-    must have exited 0 when `check`."""
-    code = ("import sys\nfrom src.datasets import DatasetSpec, register\n" + synthetic.registration_code(tiny.files)
-            + f"from src.cli import run\nfrom pipeline.{stage} import main\n"
-            f"sys.exit(run(lambda _: main({argv!r}), {stage!r}))\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tiny.root / "work",
-                          env={**env, "PYTHONPATH": str(synthetic.ROOT)}, capture_output=True, text=True)
-    if check:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
 def packages_imported_by(tiny: Tiny, stage: str, argv: list[str]) -> list[str]:
     """Run pipeline.<stage>.main(argv) in a fresh interpreter (this one has torch and mlflow loaded) with the
     tiny dataset registered there too; return the top-level packages that process imported."""
-    code = ("import sys\nfrom src.datasets import DatasetSpec, register\n" + synthetic.registration_code(tiny.files)
+    code = ("import sys\nfrom mnist_softmax.datasets import DatasetSpec, register\n" + synthetic.registration_code(tiny.files)
             + f"from pipeline.{stage} import main\nmain({argv!r})\n"
             "print(sorted({m.split('.')[0] for m in sys.modules}))\n")
     # the test's own working folder (relative outputs land there), the project on the import path

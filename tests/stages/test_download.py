@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from src.download import DownloadError
+from mnist_softmax.download import DownloadError
 from tests.stages.helpers import run_download, staging_leftovers
 from tests.synthetic import write_files
 

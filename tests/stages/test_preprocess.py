@@ -10,14 +10,14 @@ import torch
 from safetensors.torch import load_file
 from torchvision import transforms
 
-from src.idx import IdxError
+from mnist_softmax.idx import IdxError
 from tests import synthetic
 from tests.stages.helpers import packages_imported_by, preprocess_argv, run_preprocess, staging_leftovers
 from tests.synthetic import write_files
 
 
 def decode(data: bytes, ndim: int) -> np.ndarray:
-    """IDX decoded with numpy, independently of src.idx."""
+    """IDX decoded with numpy, independently of mnist_softmax.idx."""
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
 

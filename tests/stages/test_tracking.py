@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from src.params import flatten, load_params
-from src.train import NonFiniteLoss
-from tests.stages.helpers import evaluate_argv, packages_imported_by, run_evaluate, run_plot, run_train
+from mnist_softmax.params import flatten, load_params
+from mnist_softmax.train import NonFiniteLoss
+from tests.stages.helpers import run_evaluate, run_plot, run_train
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,9 @@ def store(prepared, monkeypatch, store_uri, request):
     yield client, experiment
     while mlflow.active_run():
         mlflow.end_run()
+
+
+EVALUATION_FILES = ["evaluation/confusion_matrix.json", "evaluation/eval.json", "evaluation/predictions.csv"]
 
 
 def runs_of(client, experiment):
@@ -79,31 +82,34 @@ def test_tracked_chain_logs_one_finished_run(prepared, store):
     top = artifact_paths(store, run_id)
     assert {"weights", "evaluation", "plots"} <= set(top)
     assert artifact_paths(store, run_id, "weights") == ["weights/model.pt"]
-    assert artifact_paths(store, run_id, "evaluation") == ["evaluation/confusion_matrix.json", "evaluation/eval.json"]
+    assert artifact_paths(store, run_id, "evaluation") == EVALUATION_FILES
     assert artifact_paths(store, run_id, "plots") == ["plots/confusion_matrix.png", "plots/loss_accuracy.png",
                                                       "plots/misclassified.png"]
 
 
-def test_evaluate_leaves_mlflow_to_plot(prepared, store):
-    """With tracking on, evaluate still never imports mlflow (its import and store cost ~3 s a process): the
-    run has no final metrics until plot logs them from evaluate's metrics file."""
+def test_each_stage_logs_its_own_results(prepared, store):
+    """evaluate logs the final metrics and its files into the training's run; plot then adds the PNGs."""
     tiny, _ = prepared
     store, experiment = store
     params_path = tiny.params(name="split.yaml", **{"tracking.enabled": True, "tracking.experiment": experiment})
     run_train(tiny, params_path)
-    assert "mlflow" not in packages_imported_by(tiny, "evaluate", evaluate_argv(tiny, params_path))
     (run,) = runs_of(store, experiment)
     assert "final_test_accuracy" not in run.data.metrics
-    run_plot(tiny, params_path)
+    run_evaluate(tiny, params_path)
     (run,) = runs_of(store, experiment)
     evaluation = json.loads(tiny.paths["metrics"].read_text())
     assert run.data.metrics["final_test_accuracy"] == evaluation["test_accuracy"]
     assert {f"final_class_accuracy.{name}" for name in evaluation["per_class_accuracy"]} <= set(run.data.metrics)
+    assert artifact_paths(store, run.info.run_id, "evaluation") == EVALUATION_FILES
+    assert artifact_paths(store, run.info.run_id, "plots") == []
+    run_plot(tiny, params_path)
+    assert len(artifact_paths(store, run.info.run_id, "plots")) == 3
+    assert runs_of(store, experiment)[0].info.status == "FINISHED"
 
 
 def test_failed_plot_still_leaves_the_final_metrics(prepared, store):
-    """plot logs evaluate's results before it draws: a drawing failure (here an unreadable history file)
-    marks the run FAILED but keeps the final metrics and evaluation files in it."""
+    """A drawing failure (here an unreadable history file) marks the run FAILED with the reason; what
+    evaluate logged stays in it."""
     tiny, _ = prepared
     store, experiment = store
     params_path = tiny.params(name="badplot.yaml", **{"tracking.enabled": True, "tracking.experiment": experiment})
@@ -117,8 +123,7 @@ def test_failed_plot_still_leaves_the_final_metrics(prepared, store):
     assert "JSONDecodeError" in run.data.tags.get("pipeline.end_reason", "")
     evaluation = json.loads(tiny.paths["metrics"].read_text())
     assert run.data.metrics["final_test_accuracy"] == evaluation["test_accuracy"]
-    assert artifact_paths(store, run.info.run_id, "evaluation") == ["evaluation/confusion_matrix.json",
-                                                                   "evaluation/eval.json"]
+    assert artifact_paths(store, run.info.run_id, "evaluation") == EVALUATION_FILES
     assert artifact_paths(store, run.info.run_id, "plots") == []
     assert not tiny.paths["plots"].exists()
 

@@ -1,4 +1,4 @@
-"""Shared helpers of the unit tests: tiny tensors and IDX bytes built independently of src/."""
+"""Shared helpers of the unit tests: tiny tensors and IDX bytes built independently of the package."""
 from __future__ import annotations
 
 import pytest

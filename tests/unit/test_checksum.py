@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from src.datasets import DATASETS, dataset_digest
-from src.download import ChecksumError, SourceError, verify
-from src.fileio import CHUNK, sha256_file
+from mnist_softmax.datasets import DATASETS, dataset_digest
+from mnist_softmax.download import ChecksumError, SourceError, verify
+from mnist_softmax.fileio import CHUNK, sha256_file
 from tests.synthetic import raw_files, spec_for, write_files
 
 

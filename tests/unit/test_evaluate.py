@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.evaluate import confusion_matrix, evaluation_summary, per_class_accuracy
+from mnist_softmax.evaluate import confusion_matrix, evaluation_summary, per_class_accuracy
 
 
 def naive_confusion(labels, predicted, k):

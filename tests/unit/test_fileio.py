@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from src.fileio import atomic_dir, atomic_path, read_json, write_bytes_atomic, write_json_atomic
+from mnist_softmax.fileio import atomic_dir, atomic_path, read_json, write_bytes_atomic, write_json_atomic
 
 
 def listing(folder):

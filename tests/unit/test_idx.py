@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.idx import IdxError, parse_idx, read_split
+from mnist_softmax.idx import IdxError, parse_idx, read_split
 from tests.synthetic import idx_bytes
 
 NAME = "data/raw/some-file-idx3-ubyte"
@@ -75,7 +75,7 @@ def test_size_message_states_byte_counts():
 
 def test_idx_error_is_a_value_error():
     """Callers that catch ValueError (and the stage runner, through ExplainedError) see it."""
-    from src.errors import ExplainedError
+    from mnist_softmax.errors import ExplainedError
     assert issubclass(IdxError, ValueError) and issubclass(IdxError, ExplainedError)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.model import ACTIVATIONS, MLP, architecture, build, count_params, load_model, save_model
+from mnist_softmax.model import ACTIVATIONS, MLP, architecture, build, count_params, load_model, save_model
 
 DEFAULT_HIDDEN = [512, 256, 128, 64]
 

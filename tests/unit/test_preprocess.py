@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from src.preprocess import dataset_stats, normalize, to_unit
+from mnist_softmax.preprocess import dataset_stats, normalize, to_unit
 
 MEAN, STD = 0.1307, 0.3081
 

@@ -1,32 +1,27 @@
-"""requirements.txt pins must imply the security/feature floors the project relies on."""
+"""pyproject.toml's pins must imply the security/feature floors the project relies on, and pin everything."""
 from __future__ import annotations
 
-from pathlib import Path
+import tomllib
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements.txt"
+from tests.harness import ROOT
+
 FLOORS = {"mlflow": "3.10", "torch": "2.6"}
 
 
 def pinned() -> dict[str, Requirement]:
-    reqs = {}
-    for line in REQUIREMENTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line and not line.startswith("-"):
-            req = Requirement(line)
-            reqs[req.name.lower()] = req
-    return reqs
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    return {r.name.lower(): r for r in reqs}
 
 
 def implied_minimum(req: Requirement) -> Version | None:
     """The lowest version the specifier allows, when it has a lower bound (==, ===, >=, >, ~=)."""
-    lows = []
-    for spec in req.specifier:
-        if spec.operator in ("==", "===", ">=", ">", "~="):
-            lows.append(Version(spec.version.removesuffix(".*")))
+    lows = [Version(s.version.removesuffix(".*")) for s in req.specifier if s.operator in ("==", "===", ">=", ">", "~=")]
     return max(lows) if lows else None
 
 
@@ -38,12 +33,16 @@ def just_below(floor: str) -> str:
 @pytest.mark.parametrize("name, floor", FLOORS.items())
 def test_pin_implies_floor(name, floor):
     reqs = pinned()
-    assert name in reqs, f"{name} is not pinned in requirements.txt"
+    assert name in reqs, f"{name} is not pinned in pyproject.toml"
     low = implied_minimum(reqs[name])
     assert low is not None, f"{reqs[name]} has no lower bound"
     assert low >= Version(floor), f"{reqs[name]} allows versions below {floor}"
-    # and the last release before the floor does not satisfy it
     assert not reqs[name].specifier.contains(just_below(floor))
+
+
+def test_every_dependency_is_pinned_exactly():
+    loose = [str(r) for r in pinned().values() if [s.operator for s in r.specifier] != ["=="]]
+    assert loose == []
 
 
 def test_floor_check_would_catch_an_old_pin():
@@ -52,7 +51,7 @@ def test_floor_check_would_catch_an_old_pin():
     assert implied_minimum(Requirement("torch<3")) is None
 
 
-def test_installed_versions_meet_the_floors():
+def test_installed_versions_are_the_pins():
     from importlib.metadata import version
-    for name, floor in FLOORS.items():
-        assert Version(version(name)) >= Version(floor)
+    for name, req in pinned().items():
+        assert req.specifier.contains(version(name).split("+")[0]), (name, version(name))

@@ -1,0 +1,112 @@
+"""Resumable training (`train.checkpoint: true`): one checkpoint file, rewritten atomically after every epoch.
+
+It holds the state after the last completed epoch: model and optimizer state, the shuffle generator's and
+torch's global RNG state, the history so far, and the MLflow run id of the training that wrote it. Resuming
+from it gives weights and history byte-identical to an uninterrupted run (same params, data, code, threads).
+
+A fingerprint of everything that shapes training (params seed/model/train, the prepared data files' SHA-256,
+the training code's SHA-256, torch version, device) is stored with it; a checkpoint with another fingerprint,
+or one that cannot be read, is ignored with a message and training starts from epoch 1. The file is loaded
+with weights_only=True (loading runs no code). The training stage deletes it after a successful run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+import mnist_softmax.evaluate
+import mnist_softmax.model
+import mnist_softmax.train
+from mnist_softmax.fileio import atomic_path, sha256_file
+from mnist_softmax.params import Params, flatten
+from mnist_softmax.train import EpochResult
+
+FORMAT = 1
+SECTIONS = ("model.", "train.")  # and the top-level seed
+
+
+def fingerprint(params: Params, data_dir: str | Path, code_files, device) -> str:
+    """SHA-256 over the params sections seed/model/train, the data and code files' SHA-256, torch and device."""
+    settings = {k: v for k, v in flatten(params).items() if k == "seed" or k.startswith(SECTIONS)}
+    data = {p.name: sha256_file(p) for p in sorted(Path(data_dir).iterdir())
+            if p.is_file() and not p.name.startswith(".")}
+    code = [sha256_file(f) for f in code_files]  # in the caller's order (two of them are named train.py)
+    blob = json.dumps({"format": FORMAT, "settings": settings, "data": data, "code": code,
+                       "torch": torch.__version__, "device": str(device)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Checkpoint:
+    """The checkpoint file of one training: resume from it, save after each epoch, remove when done."""
+
+    def __init__(self, path: str | Path, params: Params, data_dir: str | Path, device, code_files=(), log=print):
+        self.path, self.log = Path(path), log
+        code = [*code_files, mnist_softmax.train.__file__, mnist_softmax.evaluate.__file__,
+                mnist_softmax.model.__file__, __file__]
+        self.fingerprint = fingerprint(params, data_dir, code, device)
+
+    def resume(self, model, optimizer, generator: torch.Generator) -> tuple[list[EpochResult], dict[str, str]]:
+        """Restore the saved state if the checkpoint is usable: (epochs done, tags for the new run)."""
+        state = load(self.path, self.fingerprint, self.log)
+        if state is None:
+            return [], {}
+        restore(state, model, optimizer, generator)
+        self.log(f"train: resuming from checkpoint {self.path}: epochs 1..{state['epoch']} done"
+                 f" (MLflow run {state['run_id'] or '-'})")
+        return ([EpochResult(**h) for h in state["history"]],
+                {"resumed_from_run": state["run_id"], "resumed_from_epoch": str(state["epoch"])})
+
+    def save(self, model, optimizer, generator: torch.Generator, history: list[EpochResult],
+             run_id: str | None) -> None:
+        save(self.path, fingerprint=self.fingerprint, epoch=history[-1].epoch, model=model, optimizer=optimizer,
+             generator=generator, history=[h.as_dict() for h in history], run_id=run_id)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def save(path: str | Path, *, fingerprint: str, epoch: int, model, optimizer, generator: torch.Generator,
+         history: list[dict], run_id: str | None) -> None:
+    """Write the state after `epoch` atomically: a crash leaves the previous checkpoint, never half of one."""
+    state = {
+        "format": FORMAT, "fingerprint": fingerprint, "epoch": epoch, "run_id": run_id or "",
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": [dict(h) for h in history],
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+
+
+def load(path: str | Path, fingerprint: str, log=print) -> dict | None:
+    """The checkpoint's state if it exists, reads and matches `fingerprint`; else None (saying why)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated/corrupt file, or a pickle needing globals: never trusted
+        log(f"train: ignoring checkpoint {path}: cannot read it ({type(e).__name__}: {e}); starting at epoch 1")
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        log(f"train: ignoring checkpoint {path}: not a checkpoint of this pipeline; starting at epoch 1")
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log(f"train: ignoring checkpoint {path}: it was made with other params, data or code"
+            f" (fingerprint {str(state.get('fingerprint'))[:12]}, now {fingerprint[:12]}); starting at epoch 1")
+        return None
+    return state
+
+
+def restore(state: dict, model, optimizer, generator: torch.Generator) -> None:
+    """Put model, optimizer and both RNGs back to where the checkpointed epoch left them."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+

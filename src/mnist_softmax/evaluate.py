@@ -1,0 +1,57 @@
+"""Evaluation: a model's predictions on a split, and the final numbers made from them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Prediction:
+    loss: float  # mean cross-entropy
+    accuracy: float  # in [0, 1]
+    predicted: torch.Tensor  # class index per sample
+    logits: torch.Tensor
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int) -> Prediction:
+    """The model's logits, predicted classes, mean loss and accuracy over a whole split."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = torch.cat([model(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+    finally:
+        model.train(was_training)
+    predicted = logits.argmax(dim=1)
+    return Prediction(loss=float(nn.functional.cross_entropy(logits, labels)),
+                      accuracy=float((predicted == labels).float().mean()), predicted=predicted, logits=logits)
+
+
+def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """counts[i, j] = how many samples of true class i were predicted as j."""
+    flat = labels.long() * num_classes + predicted.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+    """Recall of each class: correct / present (0.0 for a class absent from the test set)."""
+    present = confusion.sum(dim=1)
+    correct = confusion.diagonal()
+    return [float(c) / float(n) if n else 0.0 for c, n in zip(correct, present)]
+
+
+def evaluation_summary(loss: float, accuracy: float, confusion: torch.Tensor, classes: list[str]) -> dict:
+    """The metrics file DVC shows: overall accuracy and loss, then accuracy per class."""
+    return {
+        "test_accuracy": round(accuracy, 6),
+        "test_loss": round(loss, 6),
+        "per_class_accuracy": {name: round(acc, 6) for name, acc in zip(classes, per_class_accuracy(confusion))},
+    }
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """The metrics file as the MLflow run's final_* metrics."""
+    return {"final_test_accuracy": summary["test_accuracy"], "final_test_loss": summary["test_loss"],
+            **{f"final_class_accuracy.{name}": acc for name, acc in summary["per_class_accuracy"].items()}}

@@ -1,0 +1,236 @@
+"""params.yaml -> frozen, strictly typed settings: read with DVC's own YAML parser, validated by pydantic.
+
+Reading the file with ruamel.yaml's safe loader (what DVC uses, YAML 1.2) means a value is what
+`dvc params diff` and `dvc exp show` report: `1e-3` is a float, `010` is 10, `yes` is a string. No defaults
+here: every key must be in the file. Every problem (unknown, missing, mistyped, out of range) is collected
+into one ParamsError naming the key, the value and what is allowed, before any stage does any work.
+"""
+from __future__ import annotations
+
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from ruamel.yaml import YAML, YAMLError
+
+from mnist_softmax.datasets import DATASETS
+from mnist_softmax.errors import ExplainedError
+
+# torchvision[:URL] | npm:NAME@X.Y.Z (a registry package at an exact version) | dir:PATH
+SOURCE_PATTERN = r"^(torchvision(:https?://\S+)?|npm:(@[a-z0-9][\w.-]*/)?[a-z0-9][\w.-]*@\d+\.\d+\.\d+|dir:.+)$"
+SOURCE_FORMS = "torchvision | torchvision:URL | npm:NAME@X.Y.Z | dir:PATH"
+
+
+class ParamsError(ExplainedError, ValueError):
+    """params.yaml is invalid; the message lists every offending key with what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _listed(item):
+    """A YAML list, held as a tuple (the settings are frozen), each item strictly `item`."""
+    return Annotated[tuple[item, ...], Strict(False)]
+
+
+def _number(**bounds):
+    return Annotated[float, Field(allow_inf_nan=False, **bounds)]
+
+
+Source = Annotated[str, Field(pattern=SOURCE_PATTERN)]
+
+
+class NormalizeParams(_Section):
+    mean: _number() | Literal["auto"]
+    std: _number(gt=0) | Literal["auto"]
+
+
+class DataParams(_Section):
+    dataset: str
+    sources: dict[str, Annotated[_listed(Source), Field(min_length=1, max_length=16)]] = Field(min_length=1)
+    normalize: NormalizeParams
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"Input should be one of {' | '.join(DATASETS)}")
+        return name
+
+    @field_validator("sources")
+    @classmethod
+    def _known_datasets(cls, sources: dict, info: ValidationInfo) -> dict:
+        unknown = [name for name in sources if name not in DATASETS]
+        if unknown:
+            raise ValueError(f"keys should be datasets ({' | '.join(DATASETS)}), not {', '.join(unknown)}")
+        chosen = info.data.get("dataset")  # absent when data.dataset itself is invalid
+        if chosen is not None and chosen not in sources:
+            raise ValueError(f"no source list for the chosen dataset {chosen!r}")
+        return sources
+
+
+class ModelParams(_Section):
+    hidden_sizes: Annotated[_listed(Annotated[int, Field(ge=1, le=8192)]), Field(min_length=1, max_length=16)]
+    activation: Literal["relu", "tanh", "sigmoid", "gelu"]
+
+
+class TrainParams(_Section):
+    epochs: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(ge=1, le=60_000)
+    optimizer: Literal["sgd", "adam"]
+    lr: _number(gt=0, le=1e6)
+    momentum: _number(ge=0, lt=1)  # sgd only
+    betas: Annotated[_listed(_number(ge=0, lt=1)), Field(min_length=2, max_length=2)]  # adam only
+    weight_decay: _number(ge=0, le=1)
+    eval_batch_size: int = Field(ge=1, le=100_000)
+    threads: int = Field(ge=1, le=256)
+    device: Literal["auto", "cpu", "cuda"]
+    checkpoint: bool
+
+
+class PlotParams(_Section):
+    misclassified: int = Field(ge=0, le=400)
+    dpi: int = Field(ge=20, le=600)
+
+
+class TrackingParams(_Section):
+    enabled: bool
+    experiment: str = Field(min_length=1, max_length=200, pattern=r"\S")
+    log_model: bool
+
+
+class Params(_Section):
+    seed: int = Field(ge=0, le=2**32 - 1)
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    plot: PlotParams
+    tracking: TrackingParams
+
+
+# ---- messages ------------------------------------------------------------------------------------------
+
+def _field_at(loc: tuple):
+    """The pydantic FieldInfo a location names (None past a list index or dict key)."""
+    model, info = Params, None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        model = info.annotation
+    return info
+
+
+def _describe(annotation, metadata=()) -> str:
+    """What a field accepts, in words, from its type and constraints."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _describe(args[0], (*metadata, *args[1:]))
+    metadata = [c for m in metadata for c in (m.metadata if isinstance(m, FieldInfo) else [m])]
+    bounds = [f"{sym} {getattr(m, name)}" for m in metadata for name, sym in
+              (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if getattr(m, name, None) is not None]
+    where = f" {' and '.join(bounds)}" if bounds else ""
+    if origin is Literal:
+        return " | ".join(map(str, args)) if len(args) == 1 else "one of " + " | ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}"
+    if origin is dict:
+        return f"a mapping of dataset to a list of sources ({SOURCE_FORMS})"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping of " + ", ".join(annotation.model_fields)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(annotation, str(annotation)) + where
+
+
+def _show(value) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _looks_numeric(value) -> bool:
+    try:
+        return isinstance(value, str) and math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def _is_union(info) -> bool:
+    annotation = info.annotation if info else None
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _problem(error: dict) -> str:
+    loc, kind, value = error["loc"], error["type"], error.get("input")
+    if len(loc) > 1 and _is_union(_field_at(loc[:-1])):  # one of a union's members: speak of the field
+        loc = loc[:-1]
+        kind = "union"
+    key = ".".join(map(str, loc)) or "params.yaml"
+    info = _field_at(loc)
+    if kind == "union":
+        return f"{key} = {_show(value)}: expected {_describe(info.annotation)}"
+    if kind == "missing":
+        return f"{key}: missing (expected {_describe(info.annotation, info.metadata) if info else 'a value'})"
+    if kind == "extra_forbidden":
+        section = _field_at(loc[:-1]).annotation if len(loc) > 1 else Params
+        return (f"{key}: unknown key (allowed under {'.'.join(map(str, loc[:-1])) or 'the top level'}: "
+                f"{', '.join(section.model_fields)})")
+    message = error["msg"].removeprefix("Value error, ").replace("Tuple should", "The list should")
+    if kind == "model_type":
+        message = f"expected {_describe(info.annotation) if info else 'a mapping'}"
+    elif kind == "string_pattern_mismatch" and "sources" in loc:
+        message = f"expected a source: {SOURCE_FORMS}"
+    if _looks_numeric(value):
+        message += " (it is a quoted string in params.yaml: write the number without quotes)"
+    return f"{key} = {_show(value)}: {message}"
+
+
+def parse_params(raw, source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        # A list whose items failed is also "too short after validation": the items' errors say it all.
+        errors = [err for err in errors if err["type"] not in ("too_short", "too_long") or not any(
+            other["loc"][:len(err["loc"])] == err["loc"] and other is not err for other in errors)]
+        problems = list(dict.fromkeys(_problem(err) for err in errors))
+        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems)) from None
+
+
+def read_yaml(path: str | Path):
+    """A YAML file as DVC reads it (ruamel.yaml's safe loader, YAML 1.2; a duplicate key is an error)."""
+    path = Path(path)
+    try:
+        return YAML(typ="safe").load(path.read_text())
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ParamsError(f"cannot read {path}: {getattr(e, 'problem', None) or e}{where}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError(f"cannot read {path}: {e}") from None
+
+
+def load_params(path: str | Path) -> Params:
+    return parse_params(read_yaml(path), str(path))
+
+
+def flatten(params: Params) -> dict[str, str]:
+    """Every param as `section.key` -> string, the form MLflow stores (lists as JSON)."""
+    out: dict[str, str] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = json.dumps(list(node)) if isinstance(node, (list, tuple)) else str(node)
+    walk(params.model_dump(), "")
+    return out
