@@ -14,7 +14,7 @@ from tests.e2e.conftest import FASHION_DIR
 
 pytestmark = pytest.mark.e2e
 
-# Written out here, not imported from src/datasets.py: the test checks the pins too.
+# Written out here, not imported from the package: the test checks the pins too.
 MNIST_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
