@@ -67,9 +67,13 @@ def checksums(files: dict[str, bytes]) -> dict[str, str]:
     return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
+def sizes(files: dict[str, bytes]) -> dict[str, int]:
+    return {name: len(data) for name, data in files.items()}
+
+
 def spec_for(files: dict[str, bytes], name: str = NAME) -> DatasetSpec:
-    return DatasetSpec(name=name, files=dict(FILES), sha256=checksums(files), classes=CLASSES,
-                       image_shape=(28, 28), torchvision_class=None)
+    return DatasetSpec(name=name, files=dict(FILES), sha256=checksums(files), sizes=sizes(files),
+                       classes=CLASSES, image_shape=(28, 28), torchvision_class=None)
 
 
 def register_tiny(files: dict[str, bytes], name: str = NAME) -> DatasetSpec:
@@ -80,7 +84,7 @@ def register_tiny(files: dict[str, bytes], name: str = NAME) -> DatasetSpec:
 def registration_code(files: dict[str, bytes], name: str = NAME) -> str:
     """Python to append to a copied project's datasets module, for tests that run real DVC processes."""
     return (f"\n\nregister(DatasetSpec(name={name!r}, files={dict(FILES)!r}, sha256={checksums(files)!r},"
-            f" classes={CLASSES!r}, image_shape=(28, 28), torchvision_class=None))\n")
+            f" sizes={sizes(files)!r}, classes={CLASSES!r}, image_shape=(28, 28), torchvision_class=None))\n")
 
 
 def unregister(name: str = NAME) -> None:

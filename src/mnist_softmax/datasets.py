@@ -1,4 +1,5 @@
-"""Datasets the pipeline knows: their raw IDX file names, pinned SHA-256 of the uncompressed bytes, classes."""
+"""Datasets the pipeline knows: their raw IDX file names, the pinned size and SHA-256 of each file's
+uncompressed bytes, classes."""
 import hashlib
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ class DatasetSpec:
     name: str
     files: dict  # role in SPLIT_FILES -> raw file name
     sha256: dict  # raw file name -> SHA-256 of its uncompressed bytes
+    sizes: dict  # raw file name -> its uncompressed size in bytes: no source may serve more
     classes: tuple  # class names, index = label
     image_shape: tuple  # (height, width)
     torchvision_class: str | None  # torchvision.datasets class whose mirrors serve the .gz files
@@ -22,14 +24,18 @@ _IDX_NAMES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+# 28×28 images and one-byte labels, 60000 train and 10000 test, each with its IDX header: both datasets.
+_IDX_SIZES = {"train-images-idx3-ubyte": 16 + 60000 * 28 * 28, "train-labels-idx1-ubyte": 8 + 60000,
+              "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28, "t10k-labels-idx1-ubyte": 8 + 10000}
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
     """Add a dataset (tests register tiny synthetic ones); its name becomes a valid `data.dataset`."""
-    if set(spec.files) != set(SPLIT_FILES) or set(spec.sha256) != set(spec.files.values()):
-        raise ValueError(f"dataset {spec.name!r}: needs files {SPLIT_FILES} and a SHA-256 for each")
+    names = set(spec.files.values())
+    if set(spec.files) != set(SPLIT_FILES) or set(spec.sha256) != names or set(spec.sizes) != names:
+        raise ValueError(f"dataset {spec.name!r}: needs files {SPLIT_FILES} and a SHA-256 and size for each")
     DATASETS[spec.name] = spec
     return spec
 
@@ -44,6 +50,7 @@ register(DatasetSpec(
         "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     },
+    sizes=_IDX_SIZES,
     classes=tuple(str(d) for d in range(10)),
     image_shape=(28, 28),
     torchvision_class="MNIST",
@@ -59,6 +66,7 @@ register(DatasetSpec(
         "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
+    sizes=_IDX_SIZES,
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     image_shape=(28, 28),

