@@ -1,1 +1,3 @@
-"""Benchmarks (not tests): `python -m benchmarks.train_speed` and `python -m benchmarks.sweep`; see docs/performance.md."""
+"""Benchmarks, not tests: `python -m benchmarks.train_speed` and `python -m benchmarks.sweep`.
+
+See docs/performance.md."""

@@ -25,13 +25,14 @@ def main(argv=None):
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     parser.add_argument("--confusion", required=True, help="confusion-matrix JSON to write")
     parser.add_argument("--predictions", required=True, help="per-sample predictions CSV to write")
+    parser.add_argument("--run-file", help="where this working copy notes its MLflow run (git-ignored)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)
+    tracker = open_tracker(params.tracking.enabled, params.tracking.experiment, args.run_file)
     torch.set_num_threads(params.train.threads)
 
     model, _ = load_model(args.model)  # weights_only=True: a tampered file is refused before anything runs
-    with tracker.attached_run(sha256_file(args.model)) as mlrun:
+    with tracker.attached_run(sha256_file(args.model), "evaluate") as mlrun:
         classes = load_info(Path(args.data))["classes"]
         images, labels = (torch.from_numpy(a) for a in load_split(Path(args.data) / TEST_FILE))
         result = predict(model, images, labels, batch_size=params.train.eval_batch_size)

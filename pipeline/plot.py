@@ -22,11 +22,12 @@ def main(argv=None):
     parser.add_argument("--confusion", required=True, help="evaluate's confusion-matrix JSON")
     parser.add_argument("--predictions", required=True, help="evaluate's predictions CSV")
     parser.add_argument("--out", required=True, help="folder for the PNGs (replaced whole)")
+    parser.add_argument("--run-file", help="where this working copy notes its MLflow run (git-ignored)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)
+    tracker = open_tracker(params.tracking.enabled, params.tracking.experiment, args.run_file)
 
-    with tracker.attached_run(sha256_file(args.model)) as mlrun:
+    with tracker.attached_run(sha256_file(args.model), "plot") as mlrun:
         info = load_info(Path(args.data))
         classes = info["classes"]
         index = {name: i for i, name in enumerate(classes)}

@@ -29,12 +29,13 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="model file to write")
     parser.add_argument("--history", required=True, help="per-epoch history JSON to write")
     parser.add_argument("--checkpoint", help="per-epoch checkpoint file, used when train.checkpoint is true")
+    parser.add_argument("--run-file", help="where this working copy notes its MLflow run (git-ignored)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     p = params.train
     if p.checkpoint and not args.checkpoint:
         raise StageError("train.checkpoint is true but no --checkpoint PATH was given")
-    tracker = open_tracker(params.tracking.enabled, params.tracking.experiment)  # fails before training
+    tracker = open_tracker(params.tracking.enabled, params.tracking.experiment, args.run_file)  # fails before training
 
     torch.set_num_threads(p.threads)
     use_deterministic_algorithms()
@@ -86,7 +87,7 @@ def main(argv=None):
                                          for h in done])
         mlrun.log_artifact(args.model, "weights")
         if params.tracking.log_model:
-            mlrun.log_pytorch_model(model.cpu(), test_x[:4].cpu().numpy())
+            mlrun.log_model(model.cpu(), arch, test_x[:4].cpu().numpy())
         mlrun.set_model_hash(sha256_file(args.model))  # last: evaluate and plot find only complete runs
     if ckpt:
         ckpt.remove()  # the outputs are complete: nothing left to resume

@@ -5,13 +5,16 @@ torch's global RNG state, the history so far, and the MLflow run id of the train
 from it gives weights and history byte-identical to an uninterrupted run (same params, data, code, threads).
 
 A fingerprint of everything that shapes training (params seed/model/train, the prepared data files' SHA-256,
-the training code's SHA-256, torch version, device) is stored with it; a checkpoint with another fingerprint,
-or one that cannot be read, is ignored with a message and training starts from epoch 1. The file is loaded
-with weights_only=True (loading runs no code). The training stage deletes it after a successful run.
+the training code's SHA-256, torch version, device) is stored with it, and the file starts with the SHA-256
+of the rest: a checkpoint that is damaged (one flipped bit), has another fingerprint, cannot be read, or
+does not fit the model and optimizer is ignored with a message, and training starts from epoch 1. It is
+loaded with weights_only=True (loading runs no code). The training stage deletes it after a successful run.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -24,7 +27,8 @@ from mnist_softmax.fileio import atomic_path, sha256_file
 from mnist_softmax.params import Params, flatten
 from mnist_softmax.train import EpochResult
 
-FORMAT = 1
+FORMAT = 2
+MAGIC = b"mnist-softmax checkpoint\n"  # then the payload's SHA-256 in hex and a newline, then the payload
 SECTIONS = ("model.", "train.")  # and the top-level seed
 
 
@@ -53,11 +57,15 @@ class Checkpoint:
         state = load(self.path, self.fingerprint, self.log)
         if state is None:
             return [], {}
-        restore(state, model, optimizer, generator)
+        try:
+            history = restore(state, model, optimizer, generator)
+        except Exception as e:  # well-formed and fingerprinted, but not a state this training can take
+            self.log(f"train: ignoring checkpoint {self.path}: it does not fit this training"
+                     f" ({type(e).__name__}: {e}); starting at epoch 1")
+            return [], {}
         self.log(f"train: resuming from checkpoint {self.path}: epochs 1..{state['epoch']} done"
                  f" (MLflow run {state['run_id'] or '-'})")
-        return ([EpochResult(**h) for h in state["history"]],
-                {"resumed_from_run": state["run_id"], "resumed_from_epoch": str(state["epoch"])})
+        return history, {"resumed_from_run": state["run_id"], "resumed_from_epoch": str(state["epoch"])}
 
     def save(self, model, optimizer, generator: torch.Generator, history: list[EpochResult],
              run_id: str | None) -> None:
@@ -79,8 +87,11 @@ def save(path: str | Path, *, fingerprint: str, epoch: int, model, optimizer, ge
         "torch_rng": torch.get_rng_state(),
         "history": [dict(h) for h in history],
     }
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
 
 def load(path: str | Path, fingerprint: str, log=print) -> dict | None:
@@ -89,8 +100,12 @@ def load(path: str | Path, fingerprint: str, log=print) -> dict | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated/corrupt file, or a pickle needing globals: never trusted
+        data = path.read_bytes()
+        digest, _, payload = data.removeprefix(MAGIC).partition(b"\n")
+        if not data.startswith(MAGIC) or hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise ValueError("its SHA-256 does not match its contents (damaged or not a checkpoint)")
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # damaged or truncated file, or a pickle needing globals: never trusted
         log(f"train: ignoring checkpoint {path}: cannot read it ({type(e).__name__}: {e}); starting at epoch 1")
         return None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -103,10 +118,30 @@ def load(path: str | Path, fingerprint: str, log=print) -> dict | None:
     return state
 
 
-def restore(state: dict, model, optimizer, generator: torch.Generator) -> None:
-    """Put model, optimizer and both RNGs back to where the checkpointed epoch left them."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
+def restore(state: dict, model, optimizer, generator: torch.Generator) -> list[EpochResult]:
+    """Put model, optimizer and both RNGs back to where the checkpointed epoch left them; the history so far.
+    All or nothing: if any part does not fit, everything is put back as it was and the error raised."""
+    before = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), generator.get_state(),
+              torch.get_rng_state())
+    try:
+        history = [EpochResult(**h) for h in state["history"]]
+        if [h.epoch for h in history] != list(range(1, state["epoch"] + 1)):
+            raise ValueError(f"its history is not epochs 1..{state['epoch']}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # torch does not check the buffers' shapes: a wrong one fails later
+            for param in group["params"]:
+                for name, value in optimizer.state[param].items():
+                    if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                        raise ValueError(f"optimizer state {name} of shape {list(value.shape)} for a parameter"
+                                         f" of shape {list(param.shape)}")
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        return history
+    except Exception:
+        model.load_state_dict(before[0])
+        optimizer.load_state_dict(before[1])
+        generator.set_state(before[2])
+        torch.set_rng_state(before[3])
+        raise
 

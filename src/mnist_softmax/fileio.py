@@ -106,12 +106,12 @@ def atomic_path(path: str | Path):
     prefix = f".{path.name}."
     remove_stale(path.parent, prefix)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600
     os.close(fd)
     tmp = Path(tmp)
     try:
         with explained_disk_full(path):
             yield tmp
+            tmp.chmod(0o666 & ~umask())  # mkstemp makes it 0600 (and a writer may have made it anew)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,16 +1,19 @@
 """Experiment tracking behind one small interface; MLflow itself lives in mlflow_tracker.py.
 
-`open_tracker(enabled, experiment)` returns the MLflow Tracker, or a NullTracker of the same interface when
-tracking is off (then mlflow is never imported). The train stage opens a run; evaluate and plot attach to
-the run that produced the model they consumed, found by the model file's SHA-256 (a run id never goes into a
-DVC-tracked output), and log their own results there.
+`open_tracker(enabled, experiment, run_file)` returns the MLflow Tracker, or a NullTracker of the same
+interface when tracking is off (then mlflow is never imported). The train stage opens a run and records it in
+`run_file`, a small git-ignored file of this working copy (never a DVC output: outputs stay byte-identical
+whatever run made them); evaluate and plot attach to the run that file names when it made their model, and
+otherwise look the model up by its SHA-256.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 
 def project_root() -> Path:
@@ -19,8 +22,16 @@ def project_root() -> Path:
 
 
 def store_uri(root: Path) -> str:
-    """MLFLOW_TRACKING_URI when set, else the SQLite store `mlflow ui` opens in the project root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI when set (a relative SQLite path taken from the project root, not from the working
+    folder, which for a queued experiment is DVC's temp copy), else the SQLite store `mlflow ui` opens in
+    the project root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{root / 'mlflow.db'}"
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{root / uri.removeprefix('sqlite:///')}"
+    return uri
 
 
 def run_context_tags() -> dict[str, str]:
@@ -40,6 +51,31 @@ def run_context_tags() -> dict[str, str]:
     return tags
 
 
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> str:
+    """When process `pid` started, in clock ticks since boot ("" if there is no such process): with the
+    boot id, a pid that was reused by another process is told apart."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""
+
+
+def process_identity(pid: int | None = None) -> dict[str, str]:
+    """Who runs a stage, as tags: host name, the kernel's boot id and pid namespace (containers on one host
+    share a host name and reuse pids), the pid and its start time."""
+    pid = pid or os.getpid()
+    namespace = ""
+    with contextlib.suppress(OSError):
+        namespace = os.readlink("/proc/self/ns/pid")
+    return {"pipeline.host": socket.gethostname(), "pipeline.boot_id": _read("/proc/sys/kernel/random/boot_id"),
+            "pipeline.pid_namespace": namespace, "pipeline.pid": str(pid), "pipeline.pid_start": process_start(pid)}
+
+
 class NullRun:
     """Same interface as mlflow_tracker.RunHandle; records nothing."""
     run_id = None
@@ -49,32 +85,25 @@ class NullRun:
     def log_metrics(self, metrics, step=0): pass
     def log_artifact(self, path, artifact_path=None): pass
     def log_dataset(self, name, digest, path, context): pass
-    def log_pytorch_model(self, model, input_example, name="model"): pass
+    def log_model(self, model, arch, input_example): pass
     def set_model_hash(self, model_sha256): pass
-    def end(self, status, reason=None): pass
 
 
 class NullTracker:
     """Tracking off (`tracking.enabled: false`): every call is a no-op."""
 
-    def end_orphaned_runs(self):
-        return []
-
     @contextlib.contextmanager
     def training_run(self, run_name, params, tags):
         yield NullRun()
 
-    def find_model_run(self, model_sha256):
-        return None
-
     @contextlib.contextmanager
-    def attached_run(self, model_sha256, log=print):
+    def attached_run(self, model_sha256, stage):
         yield NullRun()
 
 
-def open_tracker(enabled: bool, experiment: str):
+def open_tracker(enabled: bool, experiment: str, run_file: str | Path | None = None):
     """The MLflow Tracker (raises TrackingError if its store is unusable), or a NullTracker."""
     if not enabled:
         return NullTracker()
-    from mnist_softmax.mlflow_tracker import Tracker  # importing mlflow costs ~2.5 s
-    return Tracker(experiment)
+    from mnist_softmax.mlflow_tracker import Tracker  # importing mlflow costs ~2 s
+    return Tracker(experiment, run_file=run_file)

@@ -1,10 +1,11 @@
-"""Issue #3.6: the MLflow model train logs (tracking.log_model) loads as pyfunc and predicts what the pipeline
-predicted, in-process and through `mlflow models predict`."""
+"""The MLflow model train logs (tracking.log_model) loads as pyfunc and predicts what the pipeline predicted,
+in-process and through `mlflow models predict`, without unpickling anything."""
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +63,38 @@ def test_mlflow_models_predict_cli(repro_project, logged, tmp_path):
     logits = np.array(out["predictions"])
     assert logits.shape == (batch, 10), done.stdout
     np.testing.assert_array_equal(logits.argmax(axis=1), predicted[:batch])
+
+
+LOAD_WATCHING_UNPICKLING = """
+import json, sys
+import numpy as np
+found = []
+sys.addaudithook(lambda event, args: found.append(args[:2]) if event == "pickle.find_class" else None)
+import mlflow.pyfunc
+model = mlflow.pyfunc.load_model(sys.argv[1])
+logits = model.predict(np.load(sys.argv[2]))
+loading = [list(map(str, f)) for f in found]
+import collections, pickle
+pickle.loads(pickle.dumps(collections.OrderedDict()))  # the control: the hook does see unpickling
+print(json.dumps({"classes_unpickled": loading, "control": len(found) > len(loading),
+                  "predicted": logits.argmax(1).tolist()}))
+"""
+
+
+def test_the_model_is_code_and_safetensors_and_loading_unpickles_nothing(repro_project, logged, tmp_path):
+    """Logged as MLflow's models-from-code with the weights in safetensors: no pickle in its files, and a
+    fresh process that loads and runs it sees no unpickling of any object (Python's audit hook)."""
+    run, uri, images, predicted = logged
+    client = P.mlflow_client(repro_project.root)
+    model = client.get_logged_model(uri.removeprefix("models:/"))
+    folder = Path(model.artifact_location.removeprefix("file://"))
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert {"MLmodel", "artifacts/model.safetensors", "artifacts/architecture.json", "served_model.py"} <= names
+    assert not [n for n in names if n.endswith((".pkl", ".pickle", ".pt", ".pth"))]
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in (folder / "MLmodel").read_text()
+    np.save(tmp_path / "batch.npy", images[:32])
+    done = P.run([P.BIN / "python", "-c", LOAD_WATCHING_UNPICKLING, uri, tmp_path / "batch.npy"], tmp_path,
+                 env_=P.env(MLFLOW_TRACKING_URI=P.store_uri(repro_project.root)))
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["classes_unpickled"] == [] and result["control"]
+    assert result["predicted"] == predicted[:32].tolist()

@@ -1,4 +1,4 @@
-"""The store lock in mnist_softmax/mlflow_tracker.py, with real processes: several stages opening a FRESH SQLite store at
+"""The store lock in mlflow_tracker.py, with real processes: several stages opening a FRESH SQLite store at
 the same instant (parallel queued experiments) all succeed. Without the lock MLflow's table creation races
 (duplicate column name, alembic version mismatch): 4 processes, 3 trials, every process crashed."""
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,16 @@ class Project:
 
     def runs(self) -> list:
         return H.runs(self.path)
+
+    def wait_for_status(self, status: str, index: int = -1, timeout: float = 60):
+        """The store's run `index` (oldest first) once its status is `status`: a guard takes a few seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.runs()[index]
+            if run.info.status == status or time.monotonic() > deadline:
+                assert run.info.status == status, (run.info.status, run.data.tags)
+                return run
+            time.sleep(0.5)
 
     def steps(self, run, key: str = "train_loss") -> list[int]:
         return H.steps(self.path, run.info.run_id, key)

@@ -1,13 +1,16 @@
-"""mnist_softmax.checkpoint in-process (case 7's building blocks; the real kill -9 + `dvc repro` is in test_training.py):
+"""mnist_softmax.checkpoint in-process (the real kill -9 + `dvc repro` is in test_training.py):
 a resumed training is bit-identical to an uninterrupted one; a checkpoint from other params, data or code,
 a corrupt one and one whose unpickling would run code are all ignored with a message."""
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 
 import pytest
 import torch
 
+from mnist_softmax import checkpoint
 from mnist_softmax.checkpoint import Checkpoint
 from mnist_softmax.model import MLP
 from mnist_softmax.params import parse_params
@@ -123,11 +126,60 @@ def test_corrupt_or_unsafe_checkpoint_is_ignored(tiny, data, data_dir, tmp_path)
         def __reduce__(self):
             return (print, ("unpickling ran code",))
 
-    for bad in (good[: len(good) // 2], b"", pickle.dumps({"format": 1, "x": Payload()}, protocol=2)):
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x10  # one bit inside the weights
+    unsafe = pickle.dumps({"format": 2, "x": Payload()}, protocol=2)
+    with_digest = checkpoint.MAGIC + hashlib.sha256(unsafe).hexdigest().encode() + b"\n" + unsafe
+    for bad in (good[: len(good) // 2], b"", bytes(flipped), unsafe, with_digest):
         path.write_bytes(bad)
         messages = []
-        model = MLP(784, [32, 16], 10, "relu")
+        model = fresh_model()
         done, _ = Checkpoint(path, p, data_dir, "cpu", log=messages.append).resume(
             model, make_optimizer(model, "sgd", 0.1, 0.0, (0.9, 0.999), 0.0), torch.Generator())
         assert done == []
         assert len(messages) == 1 and "cannot read it" in messages[0], messages
+        assert_fresh(model)
+
+
+def fresh_model():
+    torch.manual_seed(11)
+    return MLP(784, [32, 16], 10, "relu")
+
+
+def assert_fresh(model):
+    for a, b in zip(model.state_dict().values(), fresh_model().state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["weights of another shape", "momentum of another shape", "history gap"])
+def test_a_well_formed_checkpoint_that_does_not_fit_is_ignored_and_nothing_is_half_restored(
+        tiny, data, data_dir, tmp_path, damage):
+    """Right format, right fingerprint, right digest, wrong contents: refused with a message, the model and
+    optimizer left as they were, and training starts at epoch 1 (before: a crash on every retry)."""
+    p = params(**{"train.epochs": EPOCHS})
+    path = tmp_path / "ckpt.pt"
+    ckpt = Checkpoint(path, p, data_dir, "cpu")
+    with pytest.raises(Crash):
+        run(data, p, ckpt, crash_after=CRASH_AFTER)
+    state = checkpoint.load(path, ckpt.fingerprint)
+    if damage == "weights of another shape":
+        state["model"]["net.0.weight"] = torch.zeros(3, 3)
+    elif damage == "momentum of another shape":
+        for entry in state["optimizer"]["state"].values():
+            entry["momentum_buffer"] = torch.zeros(2)
+    else:
+        state["history"] = state["history"][1:]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    path.write_bytes(checkpoint.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+    messages = []
+    model = fresh_model()
+    optimizer = make_optimizer(model, "sgd", 0.1, 0.9, (0.9, 0.999), 0.0)
+    done, tags = Checkpoint(path, p, data_dir, "cpu", log=messages.append).resume(model, optimizer,
+                                                                                 torch.Generator())
+    assert (done, tags) == ([], {})
+    assert len(messages) == 1 and "does not fit this training" in messages[0] and "epoch 1" in messages[0]
+    assert_fresh(model)
+    assert optimizer.state_dict()["state"] == {}

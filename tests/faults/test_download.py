@@ -1,6 +1,7 @@
 """kill -9 of the download stage mid-fetch, then `dvc repro`: the next run fetches from scratch, ends with
-verified files and removes the killed run's staging folder; nothing truncated reaches preprocess. The mirror is a real HTTP server on 127.0.0.1 that
-trickles the .gz bytes (source torchvision:http://127.0.0.1:PORT/), so the fetch is slow for real."""
+verified files and removes the killed run's staging folder; nothing truncated reaches preprocess. The
+mirror is a real HTTP server on 127.0.0.1 that trickles the .gz bytes (source
+torchvision:http://127.0.0.1:PORT/), so the fetch is slow for real."""
 from __future__ import annotations
 
 import gzip

@@ -22,6 +22,7 @@ def tiny(tmp_path, monkeypatch):
         "history": work / "metrics" / "train_history.json", "metrics": work / "metrics" / "eval.json",
         "confusion": work / "metrics" / "confusion_matrix.json", "predictions": work / "metrics" / "predictions.csv",
         "plots": work / "plots", "checkpoint": work / "models" / "checkpoint.pt",
+        "run_file": work / ".mlflow-run.json",
     }
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:

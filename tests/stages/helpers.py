@@ -54,13 +54,13 @@ def run_train(tiny: Tiny, params: Path, model: Path | None = None, history: Path
     from pipeline import train
     return train.main(["--params", str(params), "--data", tiny.path("prepared"),
                        "--model", str(model or tiny.paths["model"]),
-                       "--history", str(history or tiny.paths["history"])])
+                       "--history", str(history or tiny.paths["history"]), "--run-file", tiny.path("run_file")])
 
 
 def evaluate_argv(tiny: Tiny, params: Path, model: Path | None = None) -> list[str]:
     return ["--params", str(params), "--data", tiny.path("prepared"), "--model", str(model or tiny.paths["model"]),
             "--metrics", tiny.path("metrics"), "--confusion", tiny.path("confusion"),
-            "--predictions", tiny.path("predictions")]
+            "--predictions", tiny.path("predictions"), "--run-file", tiny.path("run_file")]
 
 
 def run_evaluate(tiny: Tiny, params: Path, model: Path | None = None):
@@ -72,7 +72,7 @@ def plot_argv(tiny: Tiny, params: Path) -> list[str]:
     return ["--params", str(params), "--data", tiny.path("prepared"), "--model", tiny.path("model"),
             "--history", tiny.path("history"), "--confusion", tiny.path("confusion"),
             "--predictions", tiny.path("predictions"),
-            "--out", tiny.path("plots")]
+            "--out", tiny.path("plots"), "--run-file", tiny.path("run_file")]
 
 
 def run_plot(tiny: Tiny, params: Path):
@@ -83,7 +83,8 @@ def run_plot(tiny: Tiny, params: Path):
 def packages_imported_by(tiny: Tiny, stage: str, argv: list[str]) -> list[str]:
     """Run pipeline.<stage>.main(argv) in a fresh interpreter (this one has torch and mlflow loaded) with the
     tiny dataset registered there too; return the top-level packages that process imported."""
-    code = ("import sys\nfrom mnist_softmax.datasets import DatasetSpec, register\n" + synthetic.registration_code(tiny.files)
+    code = ("import sys\nfrom mnist_softmax.datasets import DatasetSpec, register\n"
+            + synthetic.registration_code(tiny.files)
             + f"from pipeline.{stage} import main\nmain({argv!r})\n"
             "print(sorted({m.split('.')[0] for m in sys.modules}))\n")
     # the test's own working folder (relative outputs land there), the project on the import path

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mnist_softmax.params import flatten, load_params
+from mnist_softmax.params import ParamsError, flatten, load_params
 from mnist_softmax.train import NonFiniteLoss
 from tests.stages.helpers import run_evaluate, run_plot, run_train
 
@@ -139,3 +139,19 @@ def test_diverged_training_leaves_its_run_failed(prepared, store):
     assert run.info.status == "FAILED"
     assert "NonFiniteLoss" in run.data.tags.get("pipeline.end_reason", "")
     assert not tiny.paths["model"].exists() and not tiny.paths["history"].exists()
+
+
+@pytest.mark.parametrize("text", ["alias", "bound"])
+def test_hostile_params_stop_the_stage_before_any_mlflow_run(prepared, store, text):
+    tiny, _ = prepared
+    store, experiment = store
+    path = tiny.params(name="hostile.yaml", **{"tracking.enabled": True, "tracking.experiment": experiment})
+    body = path.read_text()
+    if text == "alias":
+        path.write_text("x: &x 5\n" + body.replace("epochs: 3", "epochs: *x"))
+    else:
+        path.write_text(body.replace("batch_size: 32", "batch_size: 1000000000"))
+    with pytest.raises(ParamsError):
+        run_train(tiny, path)
+    assert store.get_experiment_by_name(experiment) is None
+    assert not tiny.paths["model"].exists()

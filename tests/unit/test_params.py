@@ -227,7 +227,8 @@ def test_a_400_digit_number_is_out_of_range_in_a_short_message(tmp_path):
     with pytest.raises(ParamsError) as err:
         load_params(path)
     (problem,) = problems(err.value)
-    assert problem.startswith("seed = 999") and problem.endswith("...: Input should be less than or equal to 4294967295")
+    assert problem.startswith("seed = 999")
+    assert problem.endswith("...: Input should be less than or equal to 4294967295")
     assert len(problem) < 200
 
 

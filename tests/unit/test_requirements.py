@@ -21,7 +21,8 @@ def pinned() -> dict[str, Requirement]:
 
 def implied_minimum(req: Requirement) -> Version | None:
     """The lowest version the specifier allows, when it has a lower bound (==, ===, >=, >, ~=)."""
-    lows = [Version(s.version.removesuffix(".*")) for s in req.specifier if s.operator in ("==", "===", ">=", ">", "~=")]
+    lows = [Version(s.version.removesuffix(".*")) for s in req.specifier
+            if s.operator in ("==", "===", ">=", ">", "~=")]
     return max(lows) if lows else None
 
 
