@@ -9,10 +9,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 setup: $(INSTALLED)
 
-# The package (src/mnist_softmax) editable, with its pinned dependencies and the test tools.
+# The package (src/mnist_softmax) editable, with its pinned dependencies, the team stack's and the test tools.
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[test]"
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[team,test]"
 	touch $@
 
 repro: $(INSTALLED)

@@ -88,10 +88,10 @@ def main(argv=None) -> dict:
                 H.dvc(root, "exp", "run", "--queue", "-S", f"train.lr={LRS}", "-S", f"train.threads={threads}")
                 t0 = time.perf_counter()
                 H.start_queue(root, jobs, work / f"queue-{jobs}.log")
-                table = H.wait_queue_done(root, timeout=7200)
+                n = len(LRS.split(","))
+                table = H.wait_queue_done(root, succeeded + n, timeout=7200)
                 wall = time.perf_counter() - t0
                 H.stop_queue(root)
-                n = len(LRS.split(","))
                 assert table.count("Success") == succeeded + n, table  # every experiment of this sweep
                 succeeded += n
                 result["sweeps"][f"-j {jobs}"] = {"threads": threads, "experiments": n, "wall_s": wall,

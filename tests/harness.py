@@ -174,30 +174,27 @@ def restore_baseline(root: Path) -> None:
 
 # ---- DVC's queue ---------------------------------------------------------------------------------------
 
-def start_queue(root: Path, jobs: int, log: Path) -> None:
+def start_queue(root: Path, jobs: int, log: Path, env_: dict | None = None) -> None:
     """`dvc queue start -j N`, output to `log` (outside the copy): the Celery workers it spawns inherit its
-    stdout, so with a pipe, waiting for the command would wait for the workers."""
+    stdout (and its environment), so with a pipe, waiting for the command would wait for the workers."""
     with open(log, "w") as out:
-        done = subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", str(jobs)], cwd=root, env=env(),
+        done = subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", str(jobs)], cwd=root, env=env_ or env(),
                               stdout=out, stderr=subprocess.STDOUT, timeout=120)
     assert done.returncode == 0, log.read_text()
 
 
-def queue_rows(root: Path) -> list[list[str]]:
-    table = dvc(root, "queue", "status").stdout
-    return [line.split() for line in table.splitlines()[1:] if line.strip()]
-
-
-def wait_queue_done(root: Path, timeout: float = 600) -> str:
-    """Poll `dvc queue status` until no experiment is queued or running; returns the last table."""
+def wait_queue_done(root: Path, count: int, timeout: float = 600) -> str:
+    """Poll `dvc queue status` until `count` experiments (all this copy ever queued) have ended, Success or
+    Failed; returns the last table. A task moving from Queued to Running is briefly in neither list, so no
+    Queued or Running row alone does not mean done."""
     deadline = time.monotonic() + timeout
     while True:
         table = dvc(root, "queue", "status").stdout
-        rows = [line.split() for line in table.splitlines()[1:] if line.strip()]
-        if not any(status in ("Queued", "Running") for row in rows for status in row):
+        ended = [line for line in table.splitlines()[1:] if line.split()[-1:] in (["Success"], ["Failed"])]
+        if len(ended) >= count:
             return table
         if time.monotonic() > deadline:
-            raise AssertionError(f"queue not done after {timeout} s:\n{table}")
+            raise AssertionError(f"{len(ended)} of {count} experiments ended after {timeout} s:\n{table}")
         time.sleep(2)
 
 

@@ -59,6 +59,11 @@ class TrackingError(ExplainedError, RuntimeError):
     """The tracking store cannot be used; raised before any expensive work."""
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store URI (store_uri makes them absolute), else None."""
+    return Path(uri.removeprefix("sqlite:///")) if urlparse(uri).scheme == "sqlite" else None
+
+
 def stage_tag(stage: str) -> str:
     return f"pipeline.stage.{stage}"
 
@@ -73,11 +78,10 @@ def derived_status(tags: dict[str, str]) -> str:
 def _store_lock(uri: str):
     """Serialize first use of a SQLite store across processes (parallel queued runs): table creation and
     experiment creation race otherwise (duplicate column; mlflow#10334)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite":
+    db = _sqlite_file(uri)
+    if db is None:
         yield
         return
-    db = Path(parsed.path)
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -92,11 +96,8 @@ def _create_sqlite_store(uri: str, artifact_root: str) -> None:
     Left to MlflowClient, the store's built-in Default experiment would point at ./mlruns of whichever
     directory first opened it: for a queued experiment, a temp copy under .dvc/tmp/exps that DVC deletes.
     Call it under _store_lock."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite":
-        return
-    db = Path(parsed.path)
-    if db.is_file() and db.stat().st_size:
+    db = _sqlite_file(uri)
+    if db is None or db.is_file() and db.stat().st_size:
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     SqlAlchemyStore(uri, artifact_root)  # creates the tables and the Default experiment
@@ -116,11 +117,11 @@ def _check_writable(uri: str) -> None:
     """An existing SQLite store must take writes: a read-only file (chattr +i, read-only mount, no permission)
     opens fine and fails only at the first write, after the data is loaded. Probe with a write that is
     rolled back; a busy or locked store is not an error here (MLflow waits for it)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite" or not Path(parsed.path).is_file():
+    db = _sqlite_file(uri)
+    if db is None or not db.is_file():
         return
     try:
-        con = sqlite3.connect(parsed.path, timeout=20, isolation_level=None)
+        con = sqlite3.connect(db, timeout=20, isolation_level=None)
         try:
             con.execute("BEGIN IMMEDIATE")
             con.execute("CREATE TABLE _pipeline_write_probe (x)")  # journaled like any write, then undone
@@ -130,7 +131,7 @@ def _check_writable(uri: str) -> None:
     except sqlite3.Error as e:
         if getattr(e, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
             return
-        raise TrackingError(f"the MLflow store {uri} cannot be written ({e}); make {parsed.path} and its"
+        raise TrackingError(f"the MLflow store {uri} cannot be written ({e}); make {db} and its"
                             " folder writable, or set MLFLOW_TRACKING_URI to another store") from e
 
 
@@ -271,12 +272,14 @@ class Tracker:
         _check_writable(self.uri)
         try:
             with _store_lock(self.uri):
-                local = urlparse(self.uri).scheme == "sqlite" and not os.environ.get("MLFLOW_TRACKING_URI")
-                if local:
-                    _create_sqlite_store(self.uri, (self.root / "mlruns").as_uri())
+                # A SQLite store's artifacts go to mlruns/ beside it, by absolute path: MLflow's default is
+                # ./mlruns of whoever creates the experiment, for a queued run a temp copy DVC deletes.
+                db = _sqlite_file(self.uri)
+                artifacts = (db.parent / "mlruns").as_uri() if db else None
+                if artifacts:
+                    _create_sqlite_store(self.uri, artifacts)
                 self.client = MlflowClient(self.uri)
-                # Absolute artifact folder at the project root: a queued run's temp copy must not get them.
-                self.experiment_id = self._experiment(experiment, (self.root / "mlruns").as_uri() if local else None)
+                self.experiment_id = self._experiment(experiment, artifacts)
         except MlflowException as e:
             raise TrackingError(f"cannot use the MLflow store {self.uri}: {e.message}") from e
         except Exception as e:
@@ -453,3 +456,84 @@ def end_abandoned_stage(uri: str, run_id: str, stage: str, pid: str, reused_as: 
     if client.get_run(run_id).data.tags.get(_stage_key(stage, reused_as)) == "RUNNING":
         end_stage(client, run_id, stage, "FAILED",
                   f"process {pid} on {socket.gethostname()} ended without closing the run (killed?)", reused_as)
+
+
+def promote(experiment: str, dvc_exp_name: str, model_name: str, alias: str) -> tuple[str, str]:
+    """Register the MLflow model of the newest FINISHED run of DVC experiment `dvc_exp_name` (its run name) as
+    a new version of `model_name`, and point `alias` at it. (version, run id)."""
+    uri = store_uri(project_root())
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], f"attributes.run_name = '{dvc_exp_name}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs or MODEL_URI_TAG not in runs[0].data.tags:
+        raise TrackingError(f"no FINISHED run of {dvc_exp_name!r} with a logged model in experiment"
+                            f" {experiment!r} of {uri}")
+    run = runs[0]
+    with contextlib.suppress(MlflowException):  # it exists already
+        client.create_registered_model(model_name)
+    version = mlflow.register_model(run.data.tags[MODEL_URI_TAG], model_name).version
+    client.set_registered_model_alias(model_name, alias, version)
+    return str(version), run.info.run_id
+
+
+# ---- sweeps (sweep.py): one parent run per study, its trials' runs its children ---------------------------
+
+STUDY_TAG, TRIAL_TAG, BEST_TAG = "sweep.study", "sweep.trial", "sweep.best"
+
+
+def _client_and_experiment(experiment: str) -> tuple[MlflowClient, str]:
+    tracker = Tracker(experiment)
+    return tracker.client, tracker.experiment_id
+
+
+def open_study_run(experiment: str, study: str, budget: int) -> str:
+    """The study's parent run (RUNNING while the study goes on; its heartbeat renewed by the workers)."""
+    client, exp_id = _client_and_experiment(experiment)
+    run = client.create_run(exp_id, run_name=f"study {study}", tags={
+        STUDY_TAG: study, "sweep.budget": str(budget), OWNER_TAG: "sweep", HEARTBEAT_TAG: str(int(time.time() * 1000)),
+        "mlflow.note.content": f"Optuna study {study}: its trials are this run's children."})
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def study_heartbeat(parent_run: str):
+    with _heartbeat(MlflowClient(store_uri(project_root())), parent_run):
+        yield
+
+
+def _trial_runs(client: MlflowClient, experiment_id: str, study: str, trial: int | None = None) -> list:
+    where = f"tags.`{STUDY_TAG}` = '{study}'" + (f" and tags.`{TRIAL_TAG}` = '{trial}'" if trial is not None else "")
+    return [r for r in client.search_runs([experiment_id], where, max_results=5000) if TRIAL_TAG in r.data.tags]
+
+
+def mark_best(parent_run: str, study: str, trial: int, value: float) -> None:
+    """Tag the best trial's run sweep.best=true (the others false) and the study's run with the best."""
+    client = MlflowClient(store_uri(project_root()))
+    parent = client.get_run(parent_run)
+    runs = _trial_runs(client, parent.info.experiment_id, study)
+    best = [r.info.run_id for r in runs if r.data.tags[TRIAL_TAG] == str(trial)]
+    for run in runs:
+        flag = "true" if run.info.run_id in best else "false"
+        if run.data.tags.get(BEST_TAG) != flag:
+            client.set_tag(run.info.run_id, BEST_TAG, flag)
+    tags = {"sweep.best_trial": str(trial), "sweep.best_value": repr(value)}
+    if best:
+        tags["sweep.best_run"] = best[0]
+    RunHandle(client, parent_run).set_tags(tags)
+
+
+def finish_study_run(parent_run: str, done: int) -> None:
+    client = MlflowClient(store_uri(project_root()))
+    RunHandle(client, parent_run).set_tags({"sweep.trials_done": str(done)})
+    client.set_terminated(parent_run, "FINISHED")
+
+
+def end_trial_runs(study: str, trial: int, reason: str) -> None:
+    """A trial Optuna failed as stale: its runs still RUNNING end FAILED with the reason."""
+    client = MlflowClient(store_uri(project_root()))
+    for exp in client.search_experiments():
+        for run in _trial_runs(client, exp.experiment_id, study, trial):
+            if run.info.status == "RUNNING":
+                end_stage(client, run.info.run_id, run.data.tags.get(OWNER_TAG, "train"), "FAILED", reason)

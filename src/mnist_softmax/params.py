@@ -30,7 +30,8 @@ class ParamsError(ExplainedError, ValueError):
     """params.yaml is invalid; the message lists every offending key with what is allowed."""
 
 
-class _Section(BaseModel):
+class StrictModel(BaseModel):
+    """Unknown keys forbidden, strict types, frozen: what every settings file's sections are."""
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
@@ -46,12 +47,12 @@ def _number(**bounds):
 Source = Annotated[str, Field(pattern=SOURCE_PATTERN)]
 
 
-class NormalizeParams(_Section):
+class NormalizeParams(StrictModel):
     mean: _number() | Literal["auto"]
     std: _number(gt=0) | Literal["auto"]
 
 
-class DataParams(_Section):
+class DataParams(StrictModel):
     dataset: str
     sources: dict[str, Annotated[_listed(Source), Field(min_length=1, max_length=16)]] = Field(min_length=1)
     normalize: NormalizeParams
@@ -75,12 +76,12 @@ class DataParams(_Section):
         return sources
 
 
-class ModelParams(_Section):
+class ModelParams(StrictModel):
     hidden_sizes: Annotated[_listed(Annotated[int, Field(ge=1, le=4096)]), Field(min_length=1, max_length=8)]
     activation: Literal["relu", "tanh", "sigmoid", "gelu"]
 
 
-class TrainParams(_Section):
+class TrainParams(StrictModel):
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=60_000)
     optimizer: Literal["sgd", "adam"]
@@ -94,18 +95,18 @@ class TrainParams(_Section):
     checkpoint: bool
 
 
-class PlotParams(_Section):
+class PlotParams(StrictModel):
     misclassified: int = Field(ge=0, le=400)
     dpi: int = Field(ge=20, le=600)
 
 
-class TrackingParams(_Section):
+class TrackingParams(StrictModel):
     enabled: bool
     experiment: str = Field(min_length=1, max_length=200, pattern=r"\S")
     log_model: bool
 
 
-class Params(_Section):
+class Params(StrictModel):
     seed: int = Field(ge=0, le=2**32 - 1)
     data: DataParams
     model: ModelParams
@@ -116,9 +117,9 @@ class Params(_Section):
 
 # ---- messages ------------------------------------------------------------------------------------------
 
-def _field_at(loc: tuple):
+def _field_at(loc: tuple, root: type[BaseModel]):
     """The pydantic FieldInfo a location names (None past a list index or dict key)."""
-    model, info = Params, None
+    model, info = root, None
     for part in loc:
         fields = getattr(model, "model_fields", None)
         if not fields or part not in fields:
@@ -144,7 +145,7 @@ def _describe(annotation, metadata=()) -> str:
     if origin is tuple:
         return f"a list of {_describe(args[0])}"
     if origin is dict:
-        return f"a mapping of dataset to a list of sources ({SOURCE_FORMS})"
+        return "a mapping"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "a mapping of " + ", ".join(annotation.model_fields)
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -171,19 +172,19 @@ def _is_union(info) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
-def _problem(error: dict) -> str:
+def _problem(error: dict, root: type[BaseModel]) -> str:
     loc, kind, value = error["loc"], error["type"], error.get("input")
-    if len(loc) > 1 and _is_union(_field_at(loc[:-1])):  # one of a union's members: speak of the field
+    if len(loc) > 1 and _is_union(_field_at(loc[:-1], root)):  # one of a union's members: speak of the field
         loc = loc[:-1]
         kind = "union"
     key = ".".join(map(str, loc)) or "params.yaml"
-    info = _field_at(loc)
+    info = _field_at(loc, root)
     if kind == "union":
         return f"{key} = {_show(value)}: expected {_describe(info.annotation)}"
     if kind == "missing":
         return f"{key}: missing (expected {_describe(info.annotation, info.metadata) if info else 'a value'})"
     if kind == "extra_forbidden":
-        section = _field_at(loc[:-1]).annotation if len(loc) > 1 else Params
+        section = _field_at(loc[:-1], root).annotation if len(loc) > 1 else root
         return (f"{key}: unknown key (allowed under {'.'.join(map(str, loc[:-1])) or 'the top level'}: "
                 f"{', '.join(section.model_fields)})")
     message = error["msg"].removeprefix("Value error, ").replace("Tuple should", "The list should")
@@ -196,18 +197,23 @@ def _problem(error: dict) -> str:
     return f"{key} = {_show(value)}: {message}"
 
 
-def parse_params(raw, source: str = "params.yaml") -> Params:
+def validate(model: type[BaseModel], raw, source: str):
+    """`raw` as a `model`, or a ParamsError listing every problem: key, value, what is allowed."""
     try:
-        return Params.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         errors = e.errors(include_url=False)
         # A list whose items failed is also "too short after validation": the items' errors say it all.
         errors = [err for err in errors if err["type"] not in ("too_short", "too_long") or not any(
             other["loc"][:len(err["loc"])] == err["loc"] and other is not err for other in errors)]
-        problems = list(dict.fromkeys(_problem(err) for err in errors))
+        problems = list(dict.fromkeys(_problem(err, model) for err in errors))
         more = len(problems) - MAX_PROBLEMS
         listed = problems[:MAX_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
         raise ParamsError(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in listed)) from None
+
+
+def parse_params(raw, source: str = "params.yaml") -> Params:
+    return validate(Params, raw, source)
 
 
 MAX_FILE_BYTES = 64 << 10  # params.yaml is ~2 KB: a larger file is not a settings file

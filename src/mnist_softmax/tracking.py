@@ -35,7 +35,7 @@ def store_uri(root: Path) -> str:
 
 
 def run_context_tags() -> dict[str, str]:
-    """Git commit and the DVC experiment this stage runs under (when there is one)."""
+    """Git commit, the DVC experiment this stage runs under and the sweep trial it is (when there are)."""
     tags = {}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
@@ -45,7 +45,9 @@ def run_context_tags() -> dict[str, str]:
     if commit:
         tags["mlflow.source.git.commit"] = tags["git_commit"] = commit
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev"),
-                     ("DVC_STAGE", "dvc_stage")):
+                     ("DVC_STAGE", "dvc_stage"), ("MNIST_SOFTMAX_STUDY", "sweep.study"),
+                     ("MNIST_SOFTMAX_TRIAL", "sweep.trial"),  # set by a sweep's worker (sweep.py) for its trials
+                     ("MNIST_SOFTMAX_PARENT_RUN", "mlflow.parentRunId")):  # the study's run: MLflow nests them
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def sweep(template, e2e_dir) -> Sweep:
     P.dvc(root, "exp", "run", "--queue", "-S", f"train.lr={DIVERGING_LR}")
     try:
         P.start_queue(root, 2, e2e_dir / "sweep-queue-start.log")
-        status = P.wait_queue_done(root, timeout=600)
+        status = P.wait_queue_done(root, len(SWEEP_LRS) + 1, timeout=600)
     finally:
         P.stop_queue(root, kill=True)  # workers end by themselves once the queue is empty; this makes sure
     seconds = time.monotonic() - t0
@@ -111,3 +112,58 @@ def sweep(template, e2e_dir) -> Sweep:
     assert None not in names.values() and len(failed) == 1, f"unexpected sweep outcome:\n{status}\n{shown}"
     logs = {name: P.dvc(root, "queue", "logs", name, check=False).stdout for name in [*names.values(), *failed]}
     return Sweep(root, names, failed[0], status, logs, shown, seconds)
+
+
+# ---- the team stack (tests/e2e/test_team.py, test_sweeps.py) ---------------------------------------------
+
+ADMIN_PASSWORD = "admin-password-for-tests"
+ALICE = ("alice", "alice-password-1234")  # logs runs
+BOB = ("bob", "bob-password-123456")  # reads only
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """`mnist_softmax.stack.Stack` on 127.0.0.1: PostgreSQL, moto's S3, `mlflow server` with basic auth; alice
+    may log runs in the project's experiment, bob may read them."""
+    from mnist_softmax.stack import Stack
+    folder = Path(tempfile.mkdtemp(prefix="team-stack-"))  # under /tmp: the postgres user must reach it
+    folder.chmod(0o755)
+    with Stack(folder, ADMIN_PASSWORD) as s:
+        for user in (ALICE, BOB):
+            s.add_user(*user)
+        s.grant(P.EXPERIMENT, ALICE[0], "EDIT")
+        s.grant(P.EXPERIMENT, BOB[0], "READ")
+        yield s
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def client_env(stack, user=ALICE, **extra) -> dict[str, str]:
+    """A clone's environment on the stack: the server and its user, the S3 keys (no bucket endpoint for
+    MLflow: the server proxies the artifacts)."""
+    s3 = {k: v for k, v in stack.s3_env().items() if k.startswith("AWS_")}
+    return P.env(**stack.client_env(*user), **s3, **extra)
+
+
+@pytest.fixture
+def bob(stack, monkeypatch):
+    """An MlflowClient on the stack's server as the read-only user."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", BOB[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", BOB[1])
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(stack.url)
+
+
+def team_clone(stack, template, where: Path, name: str) -> tuple[Path, Path]:
+    """(bare git remote, clone A): a clone of the tiny template with the team's S3 DVC remote, pushed to a new
+    bare git remote, its baseline results in the DVC remote with the run-cache."""
+    from mnist_softmax.stack import DVC_BUCKET
+    bare = where / f"{name}.git"
+    P.run(["git", "init", "-q", "--bare", "-b", "main", bare], where)
+    a = P.clone_project(template, where / f"{name}-a")
+    P.dvc(a, "remote", "add", "-d", "team", f"s3://{DVC_BUCKET}")
+    P.dvc(a, "remote", "modify", "team", "endpointurl", stack.s3_endpoint)
+    P.commit_all(a, "the team's DVC remote")
+    P.git(a, "remote", "add", "origin", str(bare))
+    P.git(a, "push", "-q", "origin", "main")
+    P.dvc(a, "push", "--run-cache", env_=client_env(stack))
+    return bare, a

@@ -165,10 +165,7 @@ def test_a_relative_sqlite_uri_means_the_project_root_s_file(project):
     assert project.dvc("exp", "run", "--queue", "-S", "train.lr=0.02", env_=env).returncode == 0
     done = project.dvc("queue", "start", "-j", "1", env_=env)
     assert done.returncode == 0, done.stdout
-    deadline = time.monotonic() + H.WAIT_S
-    while any("Running" in row or "Queued" in row for row in map(" ".join, H.queue_rows(project.path))):
-        assert time.monotonic() < deadline
-        time.sleep(2)
+    H.wait_queue_done(project.path, 1, timeout=H.WAIT_S)
     H.stop_queue(project.path)
     [run] = [r for r in project.runs() if r.data.params.get("train.lr") == "0.02"]
     assert run.info.status == "FINISHED"

@@ -1,0 +1,229 @@
+"""Working as a team, for real on this machine: the stack of `python -m mnist_softmax.stack` (a temporary
+PostgreSQL cluster run as the `postgres` user, moto's S3 server, `mlflow server` with basic auth and proxied
+artifacts, all on 127.0.0.1), two clones of the project with a bare git remote and the S3 DVC remote, the
+model registry and `mlflow models serve`, and the server's UI in headless Chromium."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from mnist_softmax.stack import free_port
+from tests import harness as P
+from tests.e2e.conftest import ALICE, BOB, client_env, team_clone
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("initdb") is None, reason="PostgreSQL not installed")]
+
+
+LRS = (0.02, 0.03, 0.04)
+
+
+@pytest.fixture(scope="module")
+def clones(stack, template, e2e_dir):
+    """Clone A (from the tiny template) with the team's DVC remote, pushed to a bare git remote; it queues the
+    sweep against the server (`dvc queue start -j 2`) and pushes its experiments with the run-cache."""
+    bare, a = team_clone(stack, template, e2e_dir, "team")
+    env = client_env(stack)
+    P.dvc(a, "exp", "run", "--queue", "-S", "train.lr=" + ",".join(map(str, LRS)), env_=env)
+    t0 = time.monotonic()
+    P.start_queue(a, 2, e2e_dir / "team-queue.log", env_=env)
+    table = P.wait_queue_done(a, len(LRS), timeout=900)
+    P.stop_queue(a)
+    names = {}
+    for baseline in P.dvc_json(a, "exp", "show"):
+        for exp in baseline.get("experiments") or []:
+            rev = exp["revs"][0]
+            names[rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]] = rev["name"]
+    assert set(names) >= set(LRS), table
+    for lr in LRS:
+        P.dvc(a, "exp", "push", "--run-cache", "origin", names[lr], env_=env)
+    b = e2e_dir / "team-b"
+    P.run(["git", "clone", "-q", str(bare), b], e2e_dir)
+    return {"a": a, "b": b, "names": {lr: names[lr] for lr in LRS}, "sweep_s": time.monotonic() - t0,
+            "bare": bare}
+
+
+def server_runs(stack, client):
+    exp = client.get_experiment_by_name(P.EXPERIMENT)
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=100)
+
+
+def test_queued_sweep_lands_on_the_server_readable_by_a_second_user(stack, clones, bob):
+    runs = {r.info.run_name: r for r in server_runs(stack, bob)}
+    for lr, name in clones["names"].items():
+        run = runs[name]
+        assert run.info.status == "FINISHED" and run.data.params["train.lr"] == str(lr)
+        for key in ("train_loss", "test_loss", "test_accuracy"):
+            assert [m.step for m in bob.get_metric_history(run.info.run_id, key)] == [1, 2, 3], (name, key)
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: no bucket credentials
+        assert {a.path for a in bob.list_artifacts(run.info.run_id, "plots")} == {
+            "plots/confusion_matrix.png", "plots/loss_accuracy.png", "plots/misclassified.png"}
+        local = bob.download_artifacts(run.info.run_id, "evaluation/eval.json")
+        assert json.loads(Path(local).read_text())["test_accuracy"] == run.data.metrics["final_test_accuracy"]
+        assert run.data.tags["mlflow.user"] == ALICE[0]
+
+
+def test_no_credentials_is_401_and_a_reader_cannot_log(stack, clones, bob):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{stack.url}/api/2.0/mlflow/experiments/search?max_results=5", timeout=10)
+    assert err.value.code == 401
+    from mlflow.exceptions import MlflowException
+    exp = bob.get_experiment_by_name(P.EXPERIMENT)
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied|403"):
+        bob.create_run(exp.experiment_id)
+
+
+def test_a_second_clone_pulls_an_experiment_and_reuses_its_training(stack, clones, bob):
+    b, lr = clones["b"], LRS[1]
+    name = clones["names"][lr]
+    env = client_env(stack)
+    P.dvc(b, "exp", "pull", "--run-cache", "origin", name, env_=env)
+    shown = P.dvc_json(b, "exp", "show")
+    pulled = [e["revs"][0] for base in shown for e in base.get("experiments") or [] if e["revs"][0]["name"] == name]
+    assert pulled and pulled[0]["data"]["metrics"]["metrics/eval.json"]["data"]["test_accuracy"] >= 0.0
+    P.dvc(b, "exp", "apply", name, env_=env)
+    P.dvc(b, "pull", env_=env)
+    [run] = [r for r in server_runs(stack, bob) if r.info.run_name == name]
+    digest = hashlib.sha256((b / "models" / "model.pt").read_bytes()).hexdigest()
+    assert digest == run.data.tags["model_sha256"]  # B has A's model without training
+
+    P.git(b, "reset", "-q", "--hard", "HEAD")
+    P.dvc(b, "checkout", "--force", env_=env, check=False)
+    before = len(server_runs(stack, bob))
+    out = P.dvc(b, "exp", "run", "--pull", "-S", f"train.lr={lr}", env_=env).stdout
+    assert "Stage 'train' is cached - skipping run" in out and "Running stage 'train'" not in out, out
+    assert len(server_runs(stack, bob)) == before  # no new run
+
+
+FIRST_RUN = ["python", "-m", "pipeline.train", "--params", "params.yaml", "--data", "data/prepared"]
+
+
+def test_four_first_runs_at_once_on_a_fresh_experiment_all_land_in_it(stack, clones, bob, e2e_dir):
+    """Four trainings start together where the project's experiment does not exist yet: all four runs are
+    in it, none in Default (MLflow answers RESOURCE_ALREADY_EXISTS to all creators but one)."""
+    root = P.clone_project(clones["a"], e2e_dir / "team-race")
+    experiment = f"race-{os.getpid()}"
+    P.set_params(root, **{"tracking.experiment": experiment, "train.epochs": 1, "tracking.log_model": False})
+    assert P.dvc(root, "repro", "preprocess", env_=client_env(stack)).returncode == 0
+    env = client_env(stack, PYTHONPATH="src")
+    procs = [P.Proc([*FIRST_RUN, "--model", f"models/m{i}.pt", "--history", f"metrics/h{i}.json"], root, env)
+             for i in range(4)]
+    for proc in procs:
+        assert proc.wait() == 0, proc.output
+    exp = bob.get_experiment_by_name(experiment)
+    runs = bob.search_runs([exp.experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert bob.search_runs(["0"]) == []
+
+
+def test_promote_then_serve_the_champion(stack, clones, bob, tmp_path):
+    a, name = clones["a"], clones["names"][LRS[2]]
+    env = client_env(stack, PYTHONPATH="src")
+    out = P.run(["python", "-m", "mnist_softmax.promote", name], a, env_=env).stdout
+    assert "champion -> 1" in out, out
+    port = free_port()
+    serve = P.Proc([P.BIN / "mlflow", "models", "serve", "-m", f"models:/{P.EXPERIMENT}@champion", "-h",
+                    "127.0.0.1", "-p", port, "--env-manager", "local"], tmp_path, env)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert serve.popen.poll() is None and time.monotonic() < deadline, serve.output
+                time.sleep(1)
+        test = load_file(str(a / "data" / "prepared" / "test.safetensors"))
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": test["images"][:20].tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            logits = np.array(json.loads(response.read())["predictions"])
+    finally:
+        serve.kill_tree()
+    assert (logits.argmax(axis=1) == test["labels"][:20]).mean() >= 0.9  # the right digits
+    version = bob.get_model_version_by_alias(P.EXPERIMENT, "champion")
+    [run] = [r for r in server_runs(stack, bob) if r.info.run_name == name]
+    assert version.run_id == run.info.run_id
+
+
+def test_promote_works_on_the_sqlite_default(repro_project, e2e_dir):
+    root = P.clone_project(repro_project.root, e2e_dir / "promote-sqlite", fresh_store=False)
+    [run] = [r for r in P.runs(root) if r.data.tags.get("model_sha256")][:1]
+    name = run.info.run_name  # MLflow named the workspace's run; an experiment's run has the experiment's name
+    out = P.run(["python", "-m", "mnist_softmax.promote", name], root, env_=P.env(PYTHONPATH="src")).stdout
+    assert "champion -> 1" in out, out
+    version = P.mlflow_client(root).get_model_version_by_alias(P.EXPERIMENT, "champion")
+    assert version.run_id == run.info.run_id
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def wait_for_text(driver, needles, timeout: float = 90) -> str:
+    """The page's text once it holds every needle (the UI renders bit by bit); fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = driver.execute_script("return document.body.textContent")
+        if all(n in text for n in needles):
+            return text
+        assert time.monotonic() < deadline, f"{needles} not all on the page: {text[:2000]}"
+        time.sleep(1)
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="Debian's chromium and chromium-driver not installed")
+def test_the_ui_shows_the_sweep_to_the_second_user(stack, clones, bob, tmp_path):
+    """Headless Chromium, as bob, opens the server's compare view of the sweep and sees each run with its
+    test accuracy; the screenshot goes to $MNIST_SOFTMAX_SCREENSHOT when set (docs/mlflow_compare.png)."""
+    from base64 import b64encode
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    runs = [r for r in server_runs(stack, bob) if r.info.run_name in clones["names"].values()]
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1500,1000", f"--user-data-dir={tmp_path / 'chrome'}"):
+        options.add_argument(flag)
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers on the network
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        token = b64encode(f"{BOB[0]}:{BOB[1]}".encode()).decode()
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+        ids = json.dumps([r.info.run_id for r in runs])
+        driver.get(f"{stack.url}/#/compare-runs?runs={ids}&experiments={json.dumps([runs[0].info.experiment_id])}")
+        wait_for_text(driver, [r.info.run_name for r in runs])
+        for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):  # the assistant panel
+            close.click()
+        # the plot: each run's learning rate against its final test accuracy
+        driver.find_element(By.XPATH, "//button[contains(., 'Clear All')]").click()
+        for box, choice in zip(driver.find_elements(By.CSS_SELECTOR, "input[role='combobox']"),
+                               ("train.lr", "final_test_accuracy")):
+            box.click()
+            box.send_keys(choice)
+            time.sleep(0.5)
+            box.send_keys(Keys.ENTER, Keys.ESCAPE)
+        text = wait_for_text(driver, ["final_test_accuracy"])
+        time.sleep(1)
+        shot = tmp_path / "compare.png"
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    if os.environ.get("MNIST_SOFTMAX_SCREENSHOT"):
+        shutil.copy(shot, os.environ["MNIST_SOFTMAX_SCREENSHOT"])
+    assert all(r.info.run_name in text for r in runs)
+    for run in runs:
+        assert f"{run.data.metrics['final_test_accuracy']:g}" in text  # in the compare table
