@@ -70,6 +70,11 @@ def dvc_json(cwd: Path, *args):
     return json.loads(out[start:])
 
 
+def experiments(shown: list) -> list[dict]:
+    """The experiments of `dvc exp show --json` output, each its newest rev (name, data or error)."""
+    return [exp["revs"][0] for baseline in shown for exp in baseline.get("experiments") or []]
+
+
 def ran_stages(output: str) -> list[str]:
     """Stages `dvc repro` / `dvc exp run` executed (not skipped, not restored from the run-cache)."""
     return [s for s in STAGES if f"Running stage '{s}'" in output]
@@ -185,8 +190,8 @@ def start_queue(root: Path, jobs: int, log: Path, env_: dict | None = None) -> N
 
 def wait_queue_done(root: Path, count: int, timeout: float = 600) -> str:
     """Poll `dvc queue status` until `count` experiments (all this copy ever queued) have ended, Success or
-    Failed; returns the last table. A task moving from Queued to Running is briefly in neither list, so no
-    Queued or Running row alone does not mean done."""
+    Failed; returns the last table. "No row Queued or Running" is not enough: that check once
+    returned while a task was still training."""
     deadline = time.monotonic() + timeout
     while True:
         table = dvc(root, "queue", "status").stdout

@@ -32,7 +32,8 @@ from mlflow.tracking import MlflowClient
 
 from mnist_softmax.errors import ExplainedError
 from mnist_softmax.fileio import explained_disk_full, read_json, write_json_atomic
-from mnist_softmax.tracking import NullRun, process_identity, process_start, project_root, store_uri
+from mnist_softmax.tracking import (STUDY_TAG, TRIAL_TAG, NullRun, process_identity, process_start, project_root,
+                                    store_uri)
 
 MODEL_HASH_TAG = "model_sha256"
 MODEL_URI_TAG = "mlflow_model_uri"  # models:/<model_id> of the logged MLflow model
@@ -480,18 +481,18 @@ def promote(experiment: str, dvc_exp_name: str, model_name: str, alias: str) -> 
 
 # ---- sweeps (sweep.py): one parent run per study, its trials' runs its children ---------------------------
 
-STUDY_TAG, TRIAL_TAG, BEST_TAG = "sweep.study", "sweep.trial", "sweep.best"
+BEST_TAG = "sweep.best"
 
 
-def _client_and_experiment(experiment: str) -> tuple[MlflowClient, str]:
-    tracker = Tracker(experiment)
-    return tracker.client, tracker.experiment_id
+def _project_client() -> MlflowClient:
+    """A client of the store this project's stages use (MLFLOW_TRACKING_URI, else its mlflow.db)."""
+    return MlflowClient(store_uri(project_root()))
 
 
 def open_study_run(experiment: str, study: str, budget: int) -> str:
     """The study's parent run (RUNNING while the study goes on; its heartbeat renewed by the workers)."""
-    client, exp_id = _client_and_experiment(experiment)
-    run = client.create_run(exp_id, run_name=f"study {study}", tags={
+    tracker = Tracker(experiment)
+    run = tracker.client.create_run(tracker.experiment_id, run_name=f"study {study}", tags={
         STUDY_TAG: study, "sweep.budget": str(budget), OWNER_TAG: "sweep", HEARTBEAT_TAG: str(int(time.time() * 1000)),
         "mlflow.note.content": f"Optuna study {study}: its trials are this run's children."})
     return run.info.run_id
@@ -499,7 +500,7 @@ def open_study_run(experiment: str, study: str, budget: int) -> str:
 
 @contextlib.contextmanager
 def study_heartbeat(parent_run: str):
-    with _heartbeat(MlflowClient(store_uri(project_root())), parent_run):
+    with _heartbeat(_project_client(), parent_run):
         yield
 
 
@@ -510,7 +511,7 @@ def _trial_runs(client: MlflowClient, experiment_id: str, study: str, trial: int
 
 def mark_best(parent_run: str, study: str, trial: int, value: float) -> None:
     """Tag the best trial's run sweep.best=true (the others false) and the study's run with the best."""
-    client = MlflowClient(store_uri(project_root()))
+    client = _project_client()
     parent = client.get_run(parent_run)
     runs = _trial_runs(client, parent.info.experiment_id, study)
     best = [r.info.run_id for r in runs if r.data.tags[TRIAL_TAG] == str(trial)]
@@ -525,14 +526,14 @@ def mark_best(parent_run: str, study: str, trial: int, value: float) -> None:
 
 
 def finish_study_run(parent_run: str, done: int) -> None:
-    client = MlflowClient(store_uri(project_root()))
+    client = _project_client()
     RunHandle(client, parent_run).set_tags({"sweep.trials_done": str(done)})
     client.set_terminated(parent_run, "FINISHED")
 
 
 def end_trial_runs(study: str, trial: int, reason: str) -> None:
     """A trial Optuna failed as stale: its runs still RUNNING end FAILED with the reason."""
-    client = MlflowClient(store_uri(project_root()))
+    client = _project_client()
     for exp in client.search_experiments():
         for run in _trial_runs(client, exp.experiment_id, study, trial):
             if run.info.status == "RUNNING":

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from mnist_softmax.cli import StageError, run
 from mnist_softmax.params import (ParamsError, StrictModel, flatten, load_params, parse_params, read_yaml,
                                   validate)
-from mnist_softmax.tracking import project_root
+from mnist_softmax.tracking import PARENT_RUN_ENV, STUDY_ENV, TRIAL_ENV, project_root
 
 EPOCH_LINE = re.compile(r"^epoch +(\d+)/\d+ +train_loss \S+ +test_loss (\S+) +test_accuracy (\S+)%")
 PER_EPOCH = {"test_accuracy", "test_loss"}  # what the train stage prints every epoch (pruning reports it)
@@ -229,8 +229,8 @@ class Worker:
         name = f"{self.sweep.study}-{trial.number}"
         trial.set_user_attr("dvc_exp", name)
         self.log(f"sweep: trial {trial.number}: {name} " + " ".join(f"{k}={v}" for k, v in values.items()))
-        env = {**os.environ, "MNIST_SOFTMAX_STUDY": self.sweep.study, "MNIST_SOFTMAX_TRIAL": str(trial.number),
-               "MNIST_SOFTMAX_PARENT_RUN": self.parent_run}
+        env = {**os.environ, STUDY_ENV: self.sweep.study, TRIAL_ENV: str(trial.number),
+               PARENT_RUN_ENV: self.parent_run}
         settings = [*self.fixed, *(f"{k}={v}" for k, v in values.items())]
         args = ["dvc", "exp", "run", "--temp", "-n", name, *[x for kv in settings for x in ("-S", kv)]]
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -273,7 +273,7 @@ class Worker:
 
     def _metrics(self, name: str) -> dict:
         shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
-        for baseline in json.loads(shown[min(i for i in (shown.find("{"), shown.find("[")) if i >= 0):]):
+        for baseline in json.loads(shown):  # stdout is the JSON alone: DVC logs to stderr
             for exp in baseline.get("experiments") or []:
                 rev = exp["revs"][0]
                 if rev.get("name") == name:
@@ -325,9 +325,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     sweep = load_sweep(args.sweep, args.params)
     from ruamel.yaml import YAML
+    raw = read_yaml(args.params)
     for setting in args.set:  # read as DVC reads -S values
         key, _, text = setting.partition("=")
-        if why := refused(read_yaml(args.params), key, YAML(typ="safe").load(text) if text else None):
+        if why := refused(raw, key, YAML(typ="safe").load(text) if text else None):
             raise StageError(f"--set {setting}: params.yaml would refuse it ({why})")
     import warnings
 

@@ -34,6 +34,11 @@ def store_uri(root: Path) -> str:
     return uri
 
 
+# A sweep's worker (sweep.py) runs each trial with these variables; its stages tag their run with them.
+STUDY_ENV, TRIAL_ENV, PARENT_RUN_ENV = "MNIST_SOFTMAX_STUDY", "MNIST_SOFTMAX_TRIAL", "MNIST_SOFTMAX_PARENT_RUN"
+STUDY_TAG, TRIAL_TAG = "sweep.study", "sweep.trial"
+
+
 def run_context_tags() -> dict[str, str]:
     """Git commit, the DVC experiment this stage runs under and the sweep trial it is (when there are)."""
     tags = {}
@@ -45,9 +50,8 @@ def run_context_tags() -> dict[str, str]:
     if commit:
         tags["mlflow.source.git.commit"] = tags["git_commit"] = commit
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev"),
-                     ("DVC_STAGE", "dvc_stage"), ("MNIST_SOFTMAX_STUDY", "sweep.study"),
-                     ("MNIST_SOFTMAX_TRIAL", "sweep.trial"),  # set by a sweep's worker (sweep.py) for its trials
-                     ("MNIST_SOFTMAX_PARENT_RUN", "mlflow.parentRunId")):  # the study's run: MLflow nests them
+                     ("DVC_STAGE", "dvc_stage"), (STUDY_ENV, STUDY_TAG), (TRIAL_ENV, TRIAL_TAG),
+                     (PARENT_RUN_ENV, "mlflow.parentRunId")):  # the study's run: MLflow nests the trials in it
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     return tags

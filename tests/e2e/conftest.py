@@ -101,13 +101,11 @@ def sweep(template, e2e_dir) -> Sweep:
     seconds = time.monotonic() - t0
     shown = P.dvc_json(root, "exp", "show")
     by_lr, failed = {}, []
-    for baseline in shown:
-        for exp in baseline.get("experiments") or []:
-            rev = exp["revs"][0]
-            if rev.get("error"):
-                failed.append(rev["name"])
-            else:
-                by_lr[rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]] = rev["name"]
+    for rev in P.experiments(shown):
+        if rev.get("error"):
+            failed.append(rev["name"])
+        else:
+            by_lr[rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]] = rev["name"]
     names = {lr: by_lr.get(lr) for lr in SWEEP_LRS}
     assert None not in names.values() and len(failed) == 1, f"unexpected sweep outcome:\n{status}\n{shown}"
     logs = {name: P.dvc(root, "queue", "logs", name, check=False).stdout for name in [*names.values(), *failed]}

@@ -15,10 +15,9 @@ STORE_ERRORS = ("database is locked", "duplicate column", "already exists", "Tra
 
 
 def _exp(sweep, name):
-    for baseline in sweep.exp_show:
-        for exp in baseline.get("experiments") or []:
-            if exp["revs"][0]["name"] == name:
-                return exp["revs"][0]
+    for rev in P.experiments(sweep.exp_show):
+        if rev["name"] == name:
+            return rev
     raise AssertionError(f"{name} not in dvc exp show")
 
 

@@ -81,12 +81,7 @@ def test_two_workers_share_one_study(stack, template, e2e_dir, bob):
 
     # the study's best params are the params of the best experiment that `dvc exp show` shows
     P.dvc(a, "exp", "pull", "origin", *sorted(names), env_=client_env(stack))
-    shown = {}
-    for baseline in P.dvc_json(a, "exp", "show"):
-        for exp in baseline.get("experiments") or []:
-            rev = exp["revs"][0]
-            if rev["name"] in names:
-                shown[rev["name"]] = rev["data"]
+    shown = {rev["name"]: rev["data"] for rev in P.experiments(P.dvc_json(a, "exp", "show")) if rev["name"] in names}
     assert set(shown) == names
     best_name = min(shown, key=lambda n: shown[n]["metrics"]["metrics/eval.json"]["data"]["test_loss"])
     train = shown[best_name]["params"]["params.yaml"]["data"]["train"]

@@ -38,11 +38,8 @@ def clones(stack, template, e2e_dir):
     P.start_queue(a, 2, e2e_dir / "team-queue.log", env_=env)
     table = P.wait_queue_done(a, len(LRS), timeout=900)
     P.stop_queue(a)
-    names = {}
-    for baseline in P.dvc_json(a, "exp", "show"):
-        for exp in baseline.get("experiments") or []:
-            rev = exp["revs"][0]
-            names[rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]] = rev["name"]
+    names = {rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]: rev["name"]
+             for rev in P.experiments(P.dvc_json(a, "exp", "show"))}
     assert set(names) >= set(LRS), table
     for lr in LRS:
         P.dvc(a, "exp", "push", "--run-cache", "origin", names[lr], env_=env)
@@ -87,8 +84,7 @@ def test_a_second_clone_pulls_an_experiment_and_reuses_its_training(stack, clone
     name = clones["names"][lr]
     env = client_env(stack)
     P.dvc(b, "exp", "pull", "--run-cache", "origin", name, env_=env)
-    shown = P.dvc_json(b, "exp", "show")
-    pulled = [e["revs"][0] for base in shown for e in base.get("experiments") or [] if e["revs"][0]["name"] == name]
+    pulled = [rev for rev in P.experiments(P.dvc_json(b, "exp", "show")) if rev["name"] == name]
     assert pulled and pulled[0]["data"]["metrics"]["metrics/eval.json"]["data"]["test_accuracy"] >= 0.0
     P.dvc(b, "exp", "apply", name, env_=env)
     P.dvc(b, "pull", env_=env)
