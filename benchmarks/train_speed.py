@@ -15,6 +15,7 @@
 
 Ratios are of the summed epoch times: ours/floor and baseline/ours. Every contender uses train.threads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,23 +26,32 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sized
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from mnist_softmax.datasets import DATASETS
-from mnist_softmax.download import download
-from mnist_softmax.evaluate import predict
-from mnist_softmax.model import MLP
-from mnist_softmax.params import load_params
-from mnist_softmax.preprocess import load_raw, normalization, normalize, to_unit
-from mnist_softmax.train import make_optimizer, train_epoch, use_deterministic_algorithms
+from mnist_softmax.core.datasets import DATASETS
+from mnist_softmax.core.download import download
+from mnist_softmax.core.evaluate import predict
+from mnist_softmax.core.model import MLP
+from mnist_softmax.core.params import load_params
+from mnist_softmax.core.preprocess import load_raw, normalization, normalize, to_unit
+from mnist_softmax.core.train import make_optimizer, train_epoch, use_deterministic_algorithms
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"  # git-ignored
 MNIST = DATASETS["mnist"]
-COURSE = {"batch_size": 64, "test_batch_size": 64, "lr": 0.01, "momentum": 0.5, "mean": 0.1307, "std": 0.3081}
+COURSE: dict[str, Any] = {
+    "batch_size": 64,
+    "test_batch_size": 64,
+    "lr": 0.01,
+    "momentum": 0.5,
+    "mean": 0.1307,
+    "std": 0.3081,
+}
 
 
 def log(msg: str) -> None:
@@ -59,16 +69,28 @@ def raw_mnist(params) -> Path:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
 
 
 class Baseline:
     def __init__(self, params, raw: Path):
         from torch.utils.data import DataLoader
         from torchvision import datasets, transforms
+
         self._root = tempfile.TemporaryDirectory(prefix="bench-mnist-")  # <root>/MNIST/raw/, as torchvision wants
         folder = Path(self._root.name) / "MNIST" / "raw"
         folder.mkdir(parents=True)
@@ -97,7 +119,7 @@ class Baseline:
         with torch.no_grad():
             for data, target in self.test_loader:
                 correct += (self.model(data).argmax(dim=1) == target).sum().item()
-        return correct / len(self.test_loader.dataset)
+        return correct / len(cast(Sized, self.test_loader.dataset))  # an MNIST dataset: it has a length
 
 
 def prepared_tensors(params, raw: Path):
@@ -105,8 +127,15 @@ def prepared_tensors(params, raw: Path):
     train_images, train_labels, test_images, test_labels = load_raw(MNIST, raw)
     train_x, test_x = to_unit(train_images), to_unit(test_images)
     mean, std = normalization(params.data.normalize.mean, params.data.normalize.std, train_x)
-    return [torch.from_numpy(a) for a in (normalize(train_x, mean, std), train_labels,
-                                          normalize(test_x, mean, std), test_labels)]
+    return [
+        torch.from_numpy(a)
+        for a in (
+            normalize(train_x, mean, std),
+            train_labels,
+            normalize(test_x, mean, std),
+            test_labels,
+        )
+    ]
 
 
 class Ours:
@@ -115,13 +144,25 @@ class Ours:
         self.train_x, self.train_y, self.test_x, self.test_y = prepared_tensors(params, raw)
         torch.manual_seed(params.seed)
         self.model = MLP(784, params.model.hidden_sizes, 10, params.model.activation)
-        self.optimizer = make_optimizer(self.model, self.p.optimizer, self.p.lr, self.p.momentum, self.p.betas,
-                                        self.p.weight_decay)
+        self.optimizer = make_optimizer(
+            self.model,
+            self.p.optimizer,
+            self.p.lr,
+            self.p.momentum,
+            self.p.betas,
+            self.p.weight_decay,
+        )
         self.generator = torch.Generator().manual_seed(params.seed)
 
     def epoch(self) -> float:
-        train_epoch(self.model, self.train_x, self.train_y, batch_size=self.p.batch_size,
-                    optimizer=self.optimizer, generator=self.generator)
+        train_epoch(
+            self.model,
+            self.train_x,
+            self.train_y,
+            batch_size=self.p.batch_size,
+            optimizer=self.optimizer,
+            generator=self.generator,
+        )
         return predict(self.model, self.test_x, self.test_y, batch_size=self.p.eval_batch_size).accuracy
 
 
@@ -152,7 +193,7 @@ class Floor:
                     g = g @ weights[i]  # grad_in
 
 
-CONTENDERS = {"baseline": Baseline, "ours": Ours, "floor": Floor}
+CONTENDERS: dict[str, type[Baseline | Ours | Floor]] = {"baseline": Baseline, "ours": Ours, "floor": Floor}
 
 
 def main(argv=None) -> dict:
@@ -164,29 +205,40 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     torch.set_num_threads(params.train.threads)
-    use_deterministic_algorithms()  # as pipeline/train.py runs; ours' bits are the stage's
+    use_deterministic_algorithms(torch.device("cpu"))  # as pipeline/train.py runs: the stage's bits
     raw = raw_mnist(params)
     names = args.only or list(CONTENDERS)
     contenders = {name: CONTENDERS[name](params, raw) for name in names}
-    seconds = {name: [] for name in names}
-    accuracy = {name: [] for name in names if name != "floor"}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    accuracy: dict[str, list[float]] = {name: [] for name in names if name != "floor"}
     for epoch in range(1, args.epochs + 1):
         shift = (epoch - 1) % len(names)
         for name in names[shift:] + names[:shift]:
             c = contenders[name]
             if name == "floor":
+                assert isinstance(c, Floor)
                 batches = c.batches()
                 t0 = time.perf_counter()
                 c.products(batches)
             else:
+                assert not isinstance(c, Floor)
                 t0 = time.perf_counter()
                 accuracy[name].append(c.epoch())
             seconds[name].append(time.perf_counter() - t0)
-        log(f"epoch {epoch:>2}  " + "  ".join(f"{n} {seconds[n][-1]:.2f} s" for n in names)
-            + "".join(f"  {n} acc {100 * accuracy[n][-1]:.2f}%" for n in accuracy))
+        log(
+            f"epoch {epoch:>2}  "
+            + "  ".join(f"{n} {seconds[n][-1]:.2f} s" for n in names)
+            + "".join(f"  {n} acc {100 * accuracy[n][-1]:.2f}%" for n in accuracy)
+        )
     total = {name: sum(s) for name, s in seconds.items()}
-    result = {"machine": machine(), "threads": params.train.threads, "epochs": args.epochs,
-              "seconds_per_epoch": seconds, "total_s": total, "accuracy_per_epoch": accuracy}
+    result = {
+        "machine": machine(),
+        "threads": params.train.threads,
+        "epochs": args.epochs,
+        "seconds_per_epoch": seconds,
+        "total_s": total,
+        "accuracy_per_epoch": accuracy,
+    }
     if {"ours", "floor"} <= set(names):
         result["ours_over_floor"] = total["ours"] / total["floor"]
     if {"baseline", "ours"} <= set(names):
@@ -194,8 +246,10 @@ def main(argv=None) -> dict:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name in names:
-        log(f"{name:>8}: {total[name]:.1f} s" + (f", final accuracy {100 * accuracy[name][-1]:.2f}%"
-                                                 if name in accuracy else ""))
+        log(
+            f"{name:>8}: {total[name]:.1f} s"
+            + (f", final accuracy {100 * accuracy[name][-1]:.2f}%" if name in accuracy else "")
+        )
     for ratio in ("ours_over_floor", "baseline_over_ours"):
         if ratio in result:
             log(f"{ratio}: {result[ratio]:.2f}")

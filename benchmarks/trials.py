@@ -9,6 +9,7 @@ workers until the last one exits.
 
     python -m benchmarks.trials              # 4 trials a study -> benchmarks/results/trials.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.train_speed import RESULTS, ROOT, log, machine, raw_mnist
-from mnist_softmax.params import load_params
+from mnist_softmax.core.params import load_params
 from tests import harness as H
 
 SWEEP = """study: {study}
@@ -41,11 +42,20 @@ def main(argv=None) -> dict:
     try:
         raw = work / "raw"
         shutil.copytree(raw_mnist(load_params(ROOT / "params.yaml")), raw)
-        params = H.set_dotted(H.read_params(ROOT), {"data.dataset": "mnist", "data.sources": {"mnist": [f"dir:{raw}"]},
-                                                     "train.epochs": args.epochs})
+        params = H.set_dotted(
+            H.read_params(ROOT),
+            {
+                "data.dataset": "mnist",
+                "data.sources": {"mnist": [f"dir:{raw}"]},
+                "train.epochs": args.epochs,
+            },
+        )
         first = H.make_project(work / "a", params)
-        env = H.env(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
-                    OPTUNA_STORAGE=f"sqlite:///{work / 'optuna.db'}", PYTHONPATH="src")
+        env = H.env(
+            MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
+            OPTUNA_STORAGE=f"sqlite:///{work / 'optuna.db'}",
+            PYTHONPATH="src",
+        )
         H.dvc(first, "repro", env_=env, timeout=3600)
         H.commit_all(first, "baseline")
         second = H.clone_project(first, work / "b")
@@ -55,13 +65,29 @@ def main(argv=None) -> dict:
             for clone in (first, second):
                 (clone / "sweep.yaml").write_text(SWEEP.format(study=study, trials=args.trials))
             t0 = time.monotonic()
-            procs = [H.Proc(["python", "-m", "mnist_softmax.sweep", "sweep.yaml", "--set", f"train.threads={threads}"],
-                            clone, env) for clone in (first, second)[:workers]]
+            procs = [
+                H.Proc(
+                    [
+                        "python",
+                        "-m",
+                        "mnist_softmax.team.sweep",
+                        "sweep.yaml",
+                        "--set",
+                        f"train.threads={threads}",
+                    ],
+                    clone,
+                    env,
+                )
+                for clone in (first, second)[:workers]
+            ]
             for proc in procs:
                 assert proc.wait(timeout=7200) == 0, proc.output
             wall = time.monotonic() - t0
             result[f"{workers} worker{'s' if workers > 1 else ''}"] = {
-                "threads_each": threads, "wall_s": wall, "trials_per_hour": args.trials / wall * 3600}
+                "threads_each": threads,
+                "wall_s": wall,
+                "trials_per_hour": args.trials / wall * 3600,
+            }
             log(f"{workers} worker(s): {args.trials} trials in {wall:.1f} s")
         one, two = result["1 worker"], result["2 workers"]
         result["two_over_one"] = two["trials_per_hour"] / one["trials_per_hour"]
@@ -74,4 +100,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    sys.exit(main() and 0)  # type: ignore[arg-type]  # sys.exit takes any object: an empty result exits 1

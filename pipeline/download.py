@@ -1,11 +1,12 @@
 """Stage download: the chosen dataset's four raw IDX files, verified against pinned SHA-256."""
+
 import argparse
 import sys
 
 from mnist_softmax.cli import run
-from mnist_softmax.datasets import DATASETS
-from mnist_softmax.download import download
-from mnist_softmax.params import load_params
+from mnist_softmax.core.datasets import DATASETS
+from mnist_softmax.core.download import download
+from mnist_softmax.core.params import load_params
 
 
 def main(argv=None):

@@ -1,19 +1,24 @@
 """Stage evaluate: final test metrics, confusion matrix and per-sample predictions of the trained model,
 also logged into the MLflow run that trained it."""
+
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
 
 import torch
 
 from mnist_softmax.cli import run
-from mnist_softmax.evaluate import confusion_matrix, evaluation_summary, predict, summary_metrics
-from mnist_softmax.fileio import sha256_file, write_bytes_atomic, write_json_atomic
-from mnist_softmax.model import load_model
-from mnist_softmax.params import load_params
-from mnist_softmax.prepared import TEST_FILE, load_info, load_split
+from mnist_softmax.core.evaluate import (
+    confusion_matrix,
+    evaluation_summary,
+    predict,
+    summary_metrics,
+)
+from mnist_softmax.core.model import load_model
+from mnist_softmax.core.params import load_params
+from mnist_softmax.core.prepared import TEST_FILE, load_info, load_split
+from mnist_softmax.core.results import write_confusion, write_metrics, write_predictions
+from mnist_softmax.fileio import sha256_file
 from mnist_softmax.tracking import open_tracker
 
 
@@ -38,13 +43,9 @@ def main(argv=None):
         result = predict(model, images, labels, batch_size=params.train.eval_batch_size)
         confusion = confusion_matrix(labels, result.predicted, len(classes))
         summary = evaluation_summary(result.loss, result.accuracy, confusion, classes)
-        write_json_atomic(args.metrics, summary)
-        write_json_atomic(args.confusion, {"classes": classes, "counts": confusion.tolist()})
-        table = io.StringIO()
-        writer = csv.writer(table, lineterminator="\n")
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((classes[t], classes[p]) for t, p in zip(labels.tolist(), result.predicted.tolist()))
-        write_bytes_atomic(args.predictions, table.getvalue().encode())
+        write_metrics(args.metrics, summary)
+        write_confusion(args.confusion, classes, confusion.tolist())
+        write_predictions(args.predictions, classes, labels.tolist(), result.predicted.tolist())
         mlrun.log_metrics(summary_metrics(summary))
         for path in (args.metrics, args.confusion, args.predictions):
             mlrun.log_artifact(path, "evaluation")

@@ -1,15 +1,17 @@
 """Stage plot: PNGs of the loss/accuracy curves, the confusion matrix and misclassified test digits, also
 logged into the MLflow run that trained the model."""
+
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 from mnist_softmax.cli import run
-from mnist_softmax.fileio import atomic_dir, read_json, sha256_file
-from mnist_softmax.params import load_params
-from mnist_softmax.plots import confusion_heatmap, loss_accuracy, misclassified_grid
-from mnist_softmax.prepared import TEST_FILE, load_info, load_split
+from mnist_softmax.core.history import read_history
+from mnist_softmax.core.params import load_params
+from mnist_softmax.core.plots import confusion_heatmap, loss_accuracy, misclassified_grid
+from mnist_softmax.core.prepared import TEST_FILE, load_info, load_split
+from mnist_softmax.core.results import read_confusion, read_predictions
+from mnist_softmax.fileio import atomic_dir, sha256_file
 from mnist_softmax.tracking import open_tracker
 
 
@@ -30,20 +32,23 @@ def main(argv=None):
     with tracker.attached_run(sha256_file(args.model), "plot") as mlrun:
         info = load_info(Path(args.data))
         classes = info["classes"]
-        index = {name: i for i, name in enumerate(classes)}
-        with open(args.predictions, newline="") as f:
-            rows = list(csv.DictReader(f))
-        true = [index[r["actual"]] for r in rows]
-        predicted = [index[r["predicted"]] for r in rows]
+        true, predicted = read_predictions(args.predictions, classes)
         test_images, _ = load_split(Path(args.data) / TEST_FILE)
         norm = info["normalize"]
         images = (test_images * norm["std"] + norm["mean"]).reshape(-1, *info["image_shape"])  # back to [0,1]
         dpi = params.plot.dpi
         with atomic_dir(args.out) as out:
-            loss_accuracy(read_json(args.history), out / "loss_accuracy.png", dpi)
-            confusion_heatmap(read_json(args.confusion)["counts"], classes, out / "confusion_matrix.png", dpi)
-            misclassified_grid(images, true, predicted, classes, out / "misclassified.png", dpi,
-                               params.plot.misclassified)
+            loss_accuracy(read_history(args.history), out / "loss_accuracy.png", dpi)
+            confusion_heatmap(read_confusion(args.confusion), classes, out / "confusion_matrix.png", dpi)
+            misclassified_grid(
+                images,
+                true,
+                predicted,
+                classes,
+                out / "misclassified.png",
+                dpi,
+                params.plot.misclassified,
+            )
         pngs = sorted(Path(args.out).glob("*.png"))
         for png in pngs:
             mlrun.log_artifact(png, "plots")

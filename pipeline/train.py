@@ -4,6 +4,7 @@ With `train.checkpoint: true` the state after each epoch goes to --checkpoint (s
 training killed mid-way resumes there, in a new MLflow run that first re-logs the epochs already done (so the
 new run alone holds every step once, in order) and is tagged resumed_from_run / resumed_from_epoch.
 """
+
 import argparse
 import os
 import sys
@@ -11,15 +12,21 @@ from pathlib import Path
 
 import torch
 
-from mnist_softmax.checkpoint import Checkpoint
 from mnist_softmax.cli import StageError, run
-from mnist_softmax.datasets import dataset_digest
-from mnist_softmax.fileio import sha256_file, write_json_atomic
-from mnist_softmax.model import MLP, architecture, save_model
-from mnist_softmax.params import flatten, load_params
-from mnist_softmax.prepared import TEST_FILE, TRAIN_FILE, load_info, load_split
-from mnist_softmax.tracking import open_tracker, run_context_tags
-from mnist_softmax.train import make_optimizer, resolve_device, train, use_deterministic_algorithms
+from mnist_softmax.core.checkpoint import Checkpoint
+from mnist_softmax.core.datasets import dataset_digest
+from mnist_softmax.core.history import epoch_line, write_history
+from mnist_softmax.core.model import MLP, architecture, save_model
+from mnist_softmax.core.params import flatten, load_params
+from mnist_softmax.core.prepared import TEST_FILE, TRAIN_FILE, load_info, load_split
+from mnist_softmax.core.train import (
+    make_optimizer,
+    resolve_device,
+    train,
+    use_deterministic_algorithms,
+)
+from mnist_softmax.fileio import sha256_file
+from mnist_softmax.tracking import open_tracker
 
 
 def main(argv=None):
@@ -38,12 +45,13 @@ def main(argv=None):
     tracker = open_tracker(params.tracking.enabled, params.tracking.experiment, args.run_file)  # fails before training
 
     torch.set_num_threads(p.threads)
-    use_deterministic_algorithms()
     device = resolve_device(p.device)
+    use_deterministic_algorithms(device)
     data = Path(args.data)
     info = load_info(data)
-    (train_x, train_y), (test_x, test_y) = ([torch.from_numpy(a).to(device) for a in load_split(data / name)]
-                                            for name in (TRAIN_FILE, TEST_FILE))  # on the device once
+    (train_x, train_y), (test_x, test_y) = (
+        [torch.from_numpy(a).to(device) for a in load_split(data / name)] for name in (TRAIN_FILE, TEST_FILE)
+    )  # on the device once
 
     torch.manual_seed(params.seed)  # weight init
     arch = architecture(train_x.shape[1], params.model.hidden_sizes, len(info["classes"]), params.model.activation)
@@ -53,19 +61,32 @@ def main(argv=None):
     ckpt = Checkpoint(args.checkpoint, params, data, device, [__file__]) if p.checkpoint else None
     done, resume_tags = ckpt.resume(model, optimizer, shuffle) if ckpt else ([], {})  # done: completed epochs
 
-    logged_params = {**flatten(params),
-                     "data.normalize.mean_used": repr(info["normalize"]["mean"]),
-                     "data.normalize.std_used": repr(info["normalize"]["std"]),
-                     "train.device_used": str(device)}
+    logged_params = {
+        **flatten(params),
+        "data.normalize.mean_used": repr(info["normalize"]["mean"]),
+        "data.normalize.std_used": repr(info["normalize"]["std"]),
+        "train.device_used": str(device),
+    }
     digest = dataset_digest(info["raw_sha256"])
-    tags = {**run_context_tags(), "dataset": info["dataset"], "dataset_digest": digest,
-            **{f"dataset_sha256.{name}": digest for name, digest in info["raw_sha256"].items()}, **resume_tags}
+    tags = {
+        "dataset": info["dataset"],
+        "dataset_digest": digest,
+        **{f"dataset_sha256.{name}": digest for name, digest in info["raw_sha256"].items()},
+        **resume_tags,
+    }
     with tracker.training_run(os.environ.get("DVC_EXP_NAME"), logged_params, tags) as mlrun:
         mlrun.log_dataset(info["dataset"], digest, str(data.resolve()), context="train")
 
         def log_epoch(r):
-            mlrun.log_metrics({"train_loss": r.train_loss, "test_loss": r.test_loss,
-                               "test_accuracy": r.test_accuracy, "epoch_seconds": r.seconds}, step=r.epoch)
+            mlrun.log_metrics(
+                {
+                    "train_loss": r.train_loss,
+                    "test_loss": r.test_loss,
+                    "test_accuracy": r.test_accuracy,
+                    "epoch_seconds": r.seconds,
+                },
+                step=r.epoch,
+            )
 
         for r in done:  # a resumed training's run gets the restored epochs too: one complete series
             log_epoch(r)
@@ -75,16 +96,24 @@ def main(argv=None):
             if ckpt:  # saved and logged before it is printed: an epoch the output shows is in both
                 ckpt.save(model, optimizer, shuffle, done, mlrun.run_id)
             log_epoch(r)
-            print(f"epoch {r.epoch:>3}/{p.epochs}  train_loss {r.train_loss:.4f}  test_loss {r.test_loss:.4f}"
-                  f"  test_accuracy {100 * r.test_accuracy:.2f}%  ({r.seconds:.1f} s)", flush=True)
+            print(epoch_line(r, p.epochs), flush=True)
 
-        train(model, train_x, train_y, test_x, test_y, epochs=p.epochs, batch_size=p.batch_size,
-              eval_batch_size=p.eval_batch_size, optimizer=optimizer, generator=shuffle,
-              start_epoch=len(done) + 1, on_epoch=report)
+        train(
+            model,
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            epochs=p.epochs,
+            batch_size=p.batch_size,
+            eval_batch_size=p.eval_batch_size,
+            optimizer=optimizer,
+            generator=shuffle,
+            start_epoch=len(done) + 1,
+            on_epoch=report,
+        )
         save_model(args.model, model, arch)
-        # No timings in the history: it must be byte-identical for the same params, data and threads.
-        write_json_atomic(args.history, [{k: v for k, v in h.as_dict().items() if k != "seconds"}
-                                         for h in done])
+        write_history(args.history, done)
         mlrun.log_artifact(args.model, "weights")
         if params.tracking.log_model:
             mlrun.log_model(model.cpu(), arch, test_x[:4].cpu().numpy())

@@ -2,8 +2,10 @@
 repository, real `dvc` / `mlflow` / stage processes in a clean environment, and the MLflow store read back
 through MlflowClient.
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,11 +21,15 @@ from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent  # the real project
 BIN = Path(sys.executable).parent  # the venv running this: its python, dvc and mlflow
-STAGES = ["download", "preprocess", "train", "evaluate", "plot"]
-EXPERIMENT = "mnist-softmax"
+STAGES = list(YAML(typ="safe").load((ROOT / "dvc.yaml").read_text())["stages"])  # in pipeline order
+EXPERIMENT = YAML(typ="safe").load((ROOT / "params.yaml").read_text())["tracking"]["experiment"]
 WAIT_S = 240  # ceiling for anything to happen on a loaded 2-core machine; never a pass condition
-GIT_ENV = {"GIT_AUTHOR_NAME": "tests", "GIT_AUTHOR_EMAIL": "tests@example.invalid",
-           "GIT_COMMITTER_NAME": "tests", "GIT_COMMITTER_EMAIL": "tests@example.invalid"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "tests",
+    "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+    "GIT_COMMITTER_NAME": "tests",
+    "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+}
 # Not copied: what a copy never runs. (The e2e copies get their own data and params.)
 NOT_COPIED = ("tests/", "benchmarks/", "docs/", "dvc.lock", "metrics/eval.json")
 SITE_CACHE_DIR: Path | None = None  # DVC_SITE_CACHE_DIR of the subprocesses, set by a session fixture
@@ -31,25 +37,42 @@ SITE_CACHE_DIR: Path | None = None  # DVC_SITE_CACHE_DIR of the subprocesses, se
 
 # ---- environment and commands ---------------------------------------------------------------------------
 
+
 def env(**extra) -> dict[str, str]:
     """A fresh shell's environment with the venv first on PATH; no outer DVC/MLflow/git settings."""
-    e = {k: v for k, v in os.environ.items()
-         if not k.startswith(("DVC_", "MLFLOW_", "GIT_")) and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DVC_", "MLFLOW_", "GIT_")) and k not in ("PYTHONPATH", "VIRTUAL_ENV")
+    }
     e.update(GIT_ENV)
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
-    e.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true",
-             PYTHONDONTWRITEBYTECODE="1", GIT_TERMINAL_PROMPT="0")
+    e.update(
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="true",
+        PYTHONDONTWRITEBYTECODE="1",
+        GIT_TERMINAL_PROMPT="0",
+    )
     if SITE_CACHE_DIR:
         e["DVC_SITE_CACHE_DIR"] = str(SITE_CACHE_DIR)
     e.update(extra)
     return e
 
 
-def run(args: list, cwd: Path, *, check: bool = True, timeout: float = 300,
-        env_: dict | None = None) -> subprocess.CompletedProcess:
+def run(
+    args: list, cwd: Path, *, check: bool = True, timeout: float = 300, env_: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run a command; stdout and stderr together in .stdout. On an unexpected exit code fail with the output."""
-    done = subprocess.run([str(a) for a in args], cwd=cwd, env=env_ or env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    done = subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        env=env_ or env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} (in {cwd}) exited {done.returncode}:\n{done.stdout}")
     return done
@@ -81,6 +104,7 @@ def ran_stages(output: str) -> list[str]:
 
 
 # ---- params.yaml, read and written as DVC does ---------------------------------------------------------
+
 
 def read_yaml(path: Path):
     return YAML(typ="safe").load(Path(path).read_text())
@@ -116,11 +140,20 @@ def set_params(root: Path, **dotted) -> None:
 
 # ---- a copy of the project -----------------------------------------------------------------------------
 
+
 def copy_working_tree(dest: Path) -> None:
     """The project's tracked and untracked-but-not-ignored files (so work in progress is what runs), without
     the tests, benchmarks, docs and the project's own results."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         src = ROOT / rel
         if src.is_file() and not rel.startswith(NOT_COPIED):  # a deleted-but-tracked file is skipped
@@ -128,15 +161,20 @@ def copy_working_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-def make_project(dest: Path, params: dict, extra_code: str = "", data: dict[str, bytes] | None = None,
-                 data_dir: str = "tinydata") -> Path:
+def make_project(
+    dest: Path,
+    params: dict,
+    extra_code: str = "",
+    data: dict[str, bytes] | None = None,
+    data_dir: str = "tinydata",
+) -> Path:
     """A committed copy of the project: `extra_code` appended to its datasets module (a test dataset's
     registration), `data` written into `data_dir` (committed, so queued experiments see it), `params` as its
     params.yaml. Nothing run yet."""
     dest.mkdir(parents=True)
     copy_working_tree(dest)
     if extra_code:
-        with open(dest / "src" / "mnist_softmax" / "datasets.py", "a") as f:
+        with open(dest / "src" / "mnist_softmax" / "core" / "datasets.py", "a") as f:
             f.write(extra_code)
     if data:
         (dest / data_dir).mkdir()
@@ -179,12 +217,19 @@ def restore_baseline(root: Path) -> None:
 
 # ---- DVC's queue ---------------------------------------------------------------------------------------
 
+
 def start_queue(root: Path, jobs: int, log: Path, env_: dict | None = None) -> None:
     """`dvc queue start -j N`, output to `log` (outside the copy): the Celery workers it spawns inherit its
     stdout (and its environment), so with a pipe, waiting for the command would wait for the workers."""
     with open(log, "w") as out:
-        done = subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", str(jobs)], cwd=root, env=env_ or env(),
-                              stdout=out, stderr=subprocess.STDOUT, timeout=120)
+        done = subprocess.run(
+            [str(BIN / "dvc"), "queue", "start", "-j", str(jobs)],
+            cwd=root,
+            env=env_ or env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
     assert done.returncode == 0, log.read_text()
 
 
@@ -210,6 +255,7 @@ def stop_queue(root: Path, kill: bool = False) -> None:
 
 # ---- processes -----------------------------------------------------------------------------------------
 
+
 def _sigint_not_ignored() -> None:
     """A shell starts a background job (`make test &`, nohup) with SIGINT ignored, and exec keeps an ignored
     signal ignored: DVC and its stages would never see the Ctrl-C a test sends. A handled signal is reset
@@ -224,8 +270,16 @@ class Proc:
 
     def __init__(self, args, cwd, env_=None):
         _sigint_not_ignored()
-        self.popen = subprocess.Popen([str(a) for a in args], cwd=cwd, env=env_ or env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+        self.popen = subprocess.Popen(
+            [str(a) for a in args],
+            cwd=cwd,
+            env=env_ or env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self.times: list[float] = []  # time.monotonic() at which each line arrived
         self._cond = threading.Condition()
@@ -233,6 +287,7 @@ class Proc:
         self._reader.start()
 
     def _read(self):
+        assert self.popen.stdout is not None  # stdout=PIPE
         for line in self.popen.stdout:
             with self._cond:
                 self.lines.append(line)
@@ -258,12 +313,13 @@ class Proc:
                         return m
                 seen = len(self.lines)
                 if not self._reader.is_alive():
-                    raise AssertionError(f"process ended (rc {self.popen.poll()}) before a line matched"
-                                         f" {pattern!r}; output:\n{''.join(self.lines)}")
+                    raise AssertionError(
+                        f"process ended (rc {self.popen.poll()}) before a line matched"
+                        f" {pattern!r}; output:\n{''.join(self.lines)}"
+                    )
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"no line matched {pattern!r} in {timeout} s; output:\n"
-                                         f"{''.join(self.lines)}")
+                    raise AssertionError(f"no line matched {pattern!r} in {timeout} s; output:\n{''.join(self.lines)}")
                 self._cond.wait(min(left, 0.5))
 
     def wait(self, timeout: float = WAIT_S) -> int:
@@ -273,10 +329,8 @@ class Proc:
 
     def kill_tree(self):
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.popen.wait(30)
 
 
@@ -311,13 +365,12 @@ def wait_for_stage(module: str, cwd: Path, timeout: float = WAIT_S) -> int:
 
 def kill_stages(cwd: Path) -> None:
     for pid in stage_pids(None, cwd):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # ---- the MLflow store, through MlflowClient ------------------------------------------------------------
+
 
 def store_uri(root: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
@@ -325,6 +378,7 @@ def store_uri(root: Path) -> str:
 
 def mlflow_client(uri_or_root):
     from mlflow.tracking import MlflowClient
+
     uri = uri_or_root if isinstance(uri_or_root, str) else store_uri(Path(uri_or_root))
     return MlflowClient(uri)
 

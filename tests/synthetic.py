@@ -3,6 +3,7 @@
 Class k is a bright 6×6 square at its own place on a noisy 28×28 image: a small MLP learns it in a few
 epochs, so tests exercise the whole pipeline in seconds. `register_tiny` makes it a valid `data.dataset`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,13 +14,17 @@ from pathlib import Path
 
 import torch
 
-from mnist_softmax.datasets import DATASETS, DatasetSpec, register
+from mnist_softmax.core.datasets import DATASETS, DatasetSpec, register
 from tests.harness import ROOT, read_yaml, set_dotted, write_yaml
 
 NAME = "tiny"
 CLASSES = tuple(str(k) for k in range(10))
-FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-         "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 
 
 def idx_bytes(tensor: torch.Tensor) -> bytes:
@@ -29,8 +34,9 @@ def idx_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def normalized(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 torch images -> the preprocess stage's normalized float32 rows (mnist_softmax.preprocess), as a tensor."""
-    from mnist_softmax.preprocess import normalize, to_unit
+    """uint8 torch images -> the preprocess stage's normalized float32 rows (core.preprocess), as a tensor."""
+    from mnist_softmax.core.preprocess import normalize, to_unit
+
     return torch.from_numpy(normalize(to_unit(images.numpy()), mean, std))
 
 
@@ -41,7 +47,7 @@ def make_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.randint(0, 60, (n, 28, 28), generator=g, dtype=torch.int64)
     for i, k in enumerate(labels.tolist()):
         r, c = 2 + 5 * (k // 5) * 2, 2 + 5 * (k % 5)
-        images[i, r:r + 6, c:c + 6] = 255
+        images[i, r : r + 6, c : c + 6] = 255
     return images.to(torch.uint8), labels.to(torch.uint8)
 
 
@@ -49,8 +55,12 @@ def raw_files(n_train: int = 300, n_test: int = 100, seed: int = 0) -> dict[str,
     """File name -> raw IDX bytes of the four files."""
     tr_x, tr_y = make_split(n_train, seed)
     te_x, te_y = make_split(n_test, seed + 1)
-    return {FILES["train_images"]: idx_bytes(tr_x), FILES["train_labels"]: idx_bytes(tr_y),
-            FILES["test_images"]: idx_bytes(te_x), FILES["test_labels"]: idx_bytes(te_y)}
+    return {
+        FILES["train_images"]: idx_bytes(tr_x),
+        FILES["train_labels"]: idx_bytes(tr_y),
+        FILES["test_images"]: idx_bytes(te_x),
+        FILES["test_labels"]: idx_bytes(te_y),
+    }
 
 
 def write_files(folder: Path, files: dict[str, bytes], gz: bool = False) -> Path:
@@ -72,8 +82,15 @@ def sizes(files: dict[str, bytes]) -> dict[str, int]:
 
 
 def spec_for(files: dict[str, bytes], name: str = NAME) -> DatasetSpec:
-    return DatasetSpec(name=name, files=dict(FILES), sha256=checksums(files), sizes=sizes(files),
-                       classes=CLASSES, image_shape=(28, 28), torchvision_class=None)
+    return DatasetSpec(
+        name=name,
+        files=dict(FILES),
+        sha256=checksums(files),
+        sizes=sizes(files),
+        classes=CLASSES,
+        image_shape=(28, 28),
+        torchvision_class=None,
+    )
 
 
 def register_tiny(files: dict[str, bytes], name: str = NAME) -> DatasetSpec:
@@ -83,8 +100,10 @@ def register_tiny(files: dict[str, bytes], name: str = NAME) -> DatasetSpec:
 
 def registration_code(files: dict[str, bytes], name: str = NAME) -> str:
     """Python to append to a copied project's datasets module, for tests that run real DVC processes."""
-    return (f"\n\nregister(DatasetSpec(name={name!r}, files={dict(FILES)!r}, sha256={checksums(files)!r},"
-            f" sizes={sizes(files)!r}, classes={CLASSES!r}, image_shape=(28, 28), torchvision_class=None))\n")
+    return (
+        f"\n\nregister(DatasetSpec(name={name!r}, files={dict(FILES)!r}, sha256={checksums(files)!r},"
+        f" sizes={sizes(files)!r}, classes={CLASSES!r}, image_shape=(28, 28), torchvision_class=None))\n"
+    )
 
 
 def unregister(name: str = NAME) -> None:

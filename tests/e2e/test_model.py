@@ -1,5 +1,6 @@
 """The MLflow model train logs (tracking.log_model) loads as pyfunc and predicts what the pipeline predicted,
 in-process and through `mlflow models predict`, without unpickling anything."""
+
 from __future__ import annotations
 
 import csv
@@ -32,8 +33,7 @@ def logged(repro_project):
 def test_logged_model_is_findable_from_the_run(repro_project, logged):
     run, uri, _, _ = logged
     client = P.mlflow_client(repro_project.root)
-    models = client.search_logged_models([run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
     assert [f"models:/{m.model_id}" for m in models] == [uri]
     model = models[0]
     assert model.name == "model" and str(model.status).endswith("READY")
@@ -42,6 +42,7 @@ def test_logged_model_is_findable_from_the_run(repro_project, logged):
 
 def test_pyfunc_predictions_match_the_pipeline(repro_project, logged, monkeypatch):
     import mlflow.pyfunc
+
     _, uri, images, predicted = logged
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repro_project.root / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(uri)
@@ -56,9 +57,27 @@ def test_mlflow_models_predict_cli(repro_project, logged, tmp_path):
     batch = 16
     (tmp_path / "input.json").write_text(json.dumps({"inputs": images[:batch].tolist()}))
     env_uri = f"sqlite:///{repro_project.root / 'mlflow.db'}"
-    done = P.run(["env", f"MLFLOW_TRACKING_URI={env_uri}", str(P.BIN / "mlflow"), "models", "predict",
-                  "-m", uri, "-i", str(tmp_path / "input.json"), "-t", "json", "-o", str(tmp_path / "out.json"),
-                  "--env-manager", "local"], tmp_path, timeout=180)
+    done = P.run(
+        [
+            "env",
+            f"MLFLOW_TRACKING_URI={env_uri}",
+            str(P.BIN / "mlflow"),
+            "models",
+            "predict",
+            "-m",
+            uri,
+            "-i",
+            str(tmp_path / "input.json"),
+            "-t",
+            "json",
+            "-o",
+            str(tmp_path / "out.json"),
+            "--env-manager",
+            "local",
+        ],
+        tmp_path,
+        timeout=180,
+    )
     out = json.loads((tmp_path / "out.json").read_text())
     logits = np.array(out["predictions"])
     assert logits.shape == (batch, 10), done.stdout
@@ -84,17 +103,25 @@ print(json.dumps({"classes_unpickled": loading, "control": len(found) > len(load
 def test_the_model_is_code_and_safetensors_and_loading_unpickles_nothing(repro_project, logged, tmp_path):
     """Logged as MLflow's models-from-code with the weights in safetensors: no pickle in its files, and a
     fresh process that loads and runs it sees no unpickling of any object (Python's audit hook)."""
-    run, uri, images, predicted = logged
+    _run, uri, images, predicted = logged
     client = P.mlflow_client(repro_project.root)
     model = client.get_logged_model(uri.removeprefix("models:/"))
     folder = Path(model.artifact_location.removeprefix("file://"))
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    assert {"MLmodel", "artifacts/model.safetensors", "artifacts/architecture.json", "served_model.py"} <= names
+    assert {
+        "MLmodel",
+        "artifacts/model.safetensors",
+        "artifacts/architecture.json",
+        "served_model.py",
+    } <= names
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".pt", ".pth"))]
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (folder / "MLmodel").read_text()
     np.save(tmp_path / "batch.npy", images[:32])
-    done = P.run([P.BIN / "python", "-c", LOAD_WATCHING_UNPICKLING, uri, tmp_path / "batch.npy"], tmp_path,
-                 env_=P.env(MLFLOW_TRACKING_URI=P.store_uri(repro_project.root)))
+    done = P.run(
+        [P.BIN / "python", "-c", LOAD_WATCHING_UNPICKLING, uri, tmp_path / "batch.npy"],
+        tmp_path,
+        env_=P.env(MLFLOW_TRACKING_URI=P.store_uri(repro_project.root)),
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["classes_unpickled"] == [] and result["control"]
     assert result["predicted"] == predicted[:32].tolist()

@@ -1,5 +1,6 @@
 """params.yaml means one thing: for values YAML 1.1 and 1.2 read differently, the train stage uses exactly
 what `dvc params diff` reports (DVC's own parser), or refuses it naming that value."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,10 +14,10 @@ pytestmark = pytest.mark.e2e
 
 # (key, as written in params.yaml, what DVC reports, what the stage does with it: None = refuses)
 CASES = [
-    ("epochs", "010", 10, 10),        # YAML 1.1: the octal 8
-    ("lr", "1e-3", 0.001, 0.001),     # YAML 1.1: a string
+    ("epochs", "010", 10, 10),  # YAML 1.1: the octal 8
+    ("lr", "1e-3", 0.001, 0.001),  # YAML 1.1: a string
     ("checkpoint", "yes", "yes", None),  # YAML 1.1: true
-    ("epochs", "1:30", "1:30", None),    # YAML 1.1: the sexagesimal 90
+    ("epochs", "1:30", "1:30", None),  # YAML 1.1: the sexagesimal 90
 ]
 
 

@@ -1,5 +1,6 @@
-"""Issue #3.7: `mlflow ui` started with no store flags in the project root serves the sweep's runs: params,
+"""`mlflow ui` started with no store flags in the project root serves the sweep's runs: params,
 per-epoch metric histories and artifacts, read through the REST API."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import pytest
 from tests import harness as P
 from tests.e2e.conftest import SWEEP_LRS
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sweep")]  # one queued sweep, also test_experiments.py's
 
 
 def _free_port() -> int:
@@ -31,8 +32,12 @@ def _get(base, endpoint, **query):
 
 
 def _post(base, endpoint, body):
-    request = urllib.request.Request(f"{base}{endpoint}", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}{endpoint}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as r:
         return json.loads(r.read())
 
@@ -43,9 +48,23 @@ def server(sweep, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(P.BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port),
-                                 "--workers", "1"], cwd=sweep.root, env=P.env(), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(P.BIN / "mlflow"),
+                "ui",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=sweep.root,
+            env=P.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -70,11 +89,16 @@ def server(sweep, tmp_path_factory):
 
 
 def test_rest_api_serves_the_sweep(server, sweep):
-    experiment = _get(server, "/api/2.0/mlflow/experiments/get-by-name",
-                      experiment_name="mnist-softmax")["experiment"]
-    found = _post(server, "/api/2.0/mlflow/runs/search", {
-        "experiment_ids": [experiment["experiment_id"]], "filter": "attributes.status = 'FINISHED'",
-        "max_results": 100})["runs"]
+    experiment = _get(server, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=P.EXPERIMENT)["experiment"]
+    found = _post(
+        server,
+        "/api/2.0/mlflow/runs/search",
+        {
+            "experiment_ids": [experiment["experiment_id"]],
+            "filter": "attributes.status = 'FINISHED'",
+            "max_results": 100,
+        },
+    )["runs"]
     by_name = {r["info"]["run_name"]: r for r in found}
     for lr, name in sweep.names.items():
         run = by_name[name]
@@ -90,8 +114,14 @@ def test_rest_api_serves_the_sweep(server, sweep):
         assert 0.0 <= final["final_test_accuracy"] <= 1.0
         listed = _get(server, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="plots")
         assert {f["path"] for f in listed["files"]} == {
-            "plots/confusion_matrix.png", "plots/loss_accuracy.png", "plots/misclassified.png"}
+            "plots/confusion_matrix.png",
+            "plots/loss_accuracy.png",
+            "plots/misclassified.png",
+        }
     assert len(sweep.names) == len(SWEEP_LRS)
-    failed = _post(server, "/api/2.0/mlflow/runs/search", {
-        "experiment_ids": [experiment["experiment_id"]], "filter": "attributes.status = 'FAILED'"})["runs"]
+    failed = _post(
+        server,
+        "/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "filter": "attributes.status = 'FAILED'"},
+    )["runs"]
     assert [r["info"]["run_name"] for r in failed] == [sweep.failed]

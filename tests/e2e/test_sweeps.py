@@ -1,6 +1,7 @@
 """Sweeps across machines, for real on this machine: Optuna studies on the team stack's PostgreSQL, two
-workers (`python -m mnist_softmax.sweep`) in two clones that share a bare git remote and the S3 DVC remote,
+workers (`python -m mnist_softmax.team.sweep`) in two clones that share a bare git remote and the S3 DVC remote,
 every trial a `dvc exp run` with its MLflow run under the study's run; and a worker killed mid-trial."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,14 @@ import pytest
 from tests import harness as P
 from tests.e2e.conftest import client_env, team_clone
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("initdb") is None, reason="PostgreSQL not installed")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.xdist_group("stack"),  # one team stack for these and test_team.py
+    pytest.mark.skipif(shutil.which("initdb") is None, reason="PostgreSQL not installed"),
+]
 
+TRIALS = 4  # two workers: two trials each, racing for the last ones
+KILLED_TRIALS = 3  # the survivor completes them all
 SWEEP = """study: {study}
 objective: {{metric: test_loss, direction: minimize}}
 trials: {trials}
@@ -34,12 +41,27 @@ def two_clones(stack, template, where, name):
 
 
 def worker(clone, stack, sweep_file):
-    return P.Proc(["python", "-m", "mnist_softmax.sweep", sweep_file, "--storage", stack.postgres.uri("optuna"),
-                   "--push", "origin", "--heartbeat", "2"], clone, client_env(stack, PYTHONPATH="src"))
+    return P.Proc(
+        [
+            "python",
+            "-m",
+            "mnist_softmax.team.sweep",
+            sweep_file,
+            "--storage",
+            stack.postgres.uri("optuna"),
+            "--push",
+            "origin",
+            "--heartbeat",
+            "2",
+        ],
+        clone,
+        client_env(stack, PYTHONPATH="src"),
+    )
 
 
 def load_study(stack, name):
     import optuna
+
     return optuna.load_study(study_name=name, storage=stack.postgres.uri("optuna"))
 
 
@@ -50,33 +72,35 @@ def study_runs(stack, bob, study):
 
 def test_two_workers_share_one_study(stack, template, e2e_dir, bob):
     from optuna.trial import TrialState
-    bare, a, b = two_clones(stack, template, e2e_dir, "sweep-six")
+
+    _bare, a, b = two_clones(stack, template, e2e_dir, "sweep-four")
     for clone in (a, b):
-        (clone / "sweep.yaml").write_text(SWEEP.format(study="six", trials=6))
+        (clone / "sweep.yaml").write_text(SWEEP.format(study="four", trials=TRIALS))
     workers = [worker(clone, stack, "sweep.yaml") for clone in (a, b)]  # at the same moment, on an empty study
     for w in workers:
         assert w.wait(timeout=1200) == 0, w.output
-    study = load_study(stack, "six")
+    study = load_study(stack, "four")
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 6
+    assert len(complete) == TRIALS
     assert all(t.user_attrs.get("excess") for t in study.trials if t.state != TrialState.COMPLETE)
     names = {t.user_attrs["dvc_exp"] for t in complete}
-    assert len({t.user_attrs["dvc_exp"] for t in complete}) == 6
+    assert len(names) == TRIALS
 
     # every trial is an experiment in the git remote
     remote = P.dvc(a, "exp", "list", "--name-only", "origin", env_=client_env(stack)).stdout.split()
-    assert names <= set(remote) and len([n for n in remote if n.startswith("six-")]) == 6
+    assert names <= set(remote) and len([n for n in remote if n.startswith("four-")]) == TRIALS
 
-    # MLflow: one study run, six FINISHED trial runs under it, the best one marked
-    runs = study_runs(stack, bob, "six")
+    # MLflow: one study run, TRIALS FINISHED trial runs under it, the best one marked
+    runs = study_runs(stack, bob, "four")
     [parent] = [r for r in runs if "sweep.trial" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.trials_done"] == "6"
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.trials_done"] == str(TRIALS)
     assert sorted(r.info.run_name for r in children) == sorted(names)
     assert {r.info.status for r in children} == {"FINISHED"}
     best = study.best_trial
     assert [r.data.tags["sweep.trial"] for r in children if r.data.tags.get("sweep.best") == "true"] == [
-        str(best.number)]
+        str(best.number)
+    ]
     assert parent.data.tags["sweep.best_trial"] == str(best.number)
 
     # the study's best params are the params of the best experiment that `dvc exp show` shows
@@ -93,9 +117,10 @@ def test_a_worker_killed_mid_trial_leaves_nothing_running(stack, template, e2e_d
     """kill -9 of one worker's process group while its trial trains: the trial ends FAILED in the study (its
     heartbeat goes stale), its MLflow run FAILED, and the other worker completes the budget."""
     from optuna.trial import TrialState
+
     _, a, b = two_clones(stack, template, e2e_dir, "sweep-killed")
     for clone in (a, b):
-        (clone / "sweep.yaml").write_text(SWEEP.format(study="killed", trials=4))
+        (clone / "sweep.yaml").write_text(SWEEP.format(study="killed", trials=KILLED_TRIALS))
     doomed, survivor = worker(a, stack, "sweep.yaml"), worker(b, stack, "sweep.yaml")
     trial = int(doomed.wait_for(r"^sweep: trial (\d+): killed-").group(1))
     deadline = time.monotonic() + 300
@@ -112,7 +137,7 @@ def test_a_worker_killed_mid_trial_leaves_nothing_running(stack, template, e2e_d
     study = load_study(stack, "killed")
     states = {t.number: t.state for t in study.trials}
     assert states[trial] == TrialState.FAIL
-    assert sum(s == TrialState.COMPLETE for s in states.values()) == 4
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == KILLED_TRIALS
     assert TrialState.RUNNING not in states.values()
     runs = study_runs(stack, bob, "killed")
     assert "RUNNING" not in {r.info.status for r in runs}

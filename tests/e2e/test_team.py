@@ -1,7 +1,8 @@
-"""Working as a team, for real on this machine: the stack of `python -m mnist_softmax.stack` (a temporary
+"""Working as a team, for real on this machine: the stack of `python -m mnist_softmax.team.stack` (a temporary
 PostgreSQL cluster run as the `postgres` user, moto's S3 server, `mlflow server` with basic auth and proxied
 artifacts, all on 127.0.0.1), two clones of the project with a bare git remote and the S3 DVC remote, the
 model registry and `mlflow models serve`, and the server's UI in headless Chromium."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,11 +18,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from mnist_softmax.stack import free_port
+from mnist_softmax.team.services import free_port
 from tests import harness as P
 from tests.e2e.conftest import ALICE, BOB, client_env, team_clone
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(shutil.which("initdb") is None, reason="PostgreSQL not installed")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.xdist_group("stack"),  # one team stack for these and test_sweeps.py
+    pytest.mark.skipif(shutil.which("initdb") is None, reason="PostgreSQL not installed"),
+]
 
 
 LRS = (0.02, 0.03, 0.04)
@@ -38,15 +43,22 @@ def clones(stack, template, e2e_dir):
     P.start_queue(a, 2, e2e_dir / "team-queue.log", env_=env)
     table = P.wait_queue_done(a, len(LRS), timeout=900)
     P.stop_queue(a)
-    names = {rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]: rev["name"]
-             for rev in P.experiments(P.dvc_json(a, "exp", "show"))}
+    names = {
+        rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]: rev["name"]
+        for rev in P.experiments(P.dvc_json(a, "exp", "show"))
+    }
     assert set(names) >= set(LRS), table
     for lr in LRS:
         P.dvc(a, "exp", "push", "--run-cache", "origin", names[lr], env_=env)
     b = e2e_dir / "team-b"
     P.run(["git", "clone", "-q", str(bare), b], e2e_dir)
-    return {"a": a, "b": b, "names": {lr: names[lr] for lr in LRS}, "sweep_s": time.monotonic() - t0,
-            "bare": bare}
+    return {
+        "a": a,
+        "b": b,
+        "names": {lr: names[lr] for lr in LRS},
+        "sweep_s": time.monotonic() - t0,
+        "bare": bare,
+    }
 
 
 def server_runs(stack, client):
@@ -60,10 +72,16 @@ def test_queued_sweep_lands_on_the_server_readable_by_a_second_user(stack, clone
         run = runs[name]
         assert run.info.status == "FINISHED" and run.data.params["train.lr"] == str(lr)
         for key in ("train_loss", "test_loss", "test_accuracy"):
-            assert [m.step for m in bob.get_metric_history(run.info.run_id, key)] == [1, 2, 3], (name, key)
+            assert [m.step for m in bob.get_metric_history(run.info.run_id, key)] == [1, 2, 3], (
+                name,
+                key,
+            )
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: no bucket credentials
         assert {a.path for a in bob.list_artifacts(run.info.run_id, "plots")} == {
-            "plots/confusion_matrix.png", "plots/loss_accuracy.png", "plots/misclassified.png"}
+            "plots/confusion_matrix.png",
+            "plots/loss_accuracy.png",
+            "plots/misclassified.png",
+        }
         local = bob.download_artifacts(run.info.run_id, "evaluation/eval.json")
         assert json.loads(Path(local).read_text())["test_accuracy"] == run.data.metrics["final_test_accuracy"]
         assert run.data.tags["mlflow.user"] == ALICE[0]
@@ -74,8 +92,9 @@ def test_no_credentials_is_401_and_a_reader_cannot_log(stack, clones, bob):
         urllib.request.urlopen(f"{stack.url}/api/2.0/mlflow/experiments/search?max_results=5", timeout=10)
     assert err.value.code == 401
     from mlflow.exceptions import MlflowException
+
     exp = bob.get_experiment_by_name(P.EXPERIMENT)
-    with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied|403"):
+    with pytest.raises(MlflowException, match=r"PERMISSION_DENIED|Permission denied|403"):
         bob.create_run(exp.experiment_id)
 
 
@@ -111,8 +130,10 @@ def test_four_first_runs_at_once_on_a_fresh_experiment_all_land_in_it(stack, clo
     P.set_params(root, **{"tracking.experiment": experiment, "train.epochs": 1, "tracking.log_model": False})
     assert P.dvc(root, "repro", "preprocess", env_=client_env(stack)).returncode == 0
     env = client_env(stack, PYTHONPATH="src")
-    procs = [P.Proc([*FIRST_RUN, "--model", f"models/m{i}.pt", "--history", f"metrics/h{i}.json"], root, env)
-             for i in range(4)]
+    procs = [
+        P.Proc([*FIRST_RUN, "--model", f"models/m{i}.pt", "--history", f"metrics/h{i}.json"], root, env)
+        for i in range(4)
+    ]
     for proc in procs:
         assert proc.wait() == 0, proc.output
     exp = bob.get_experiment_by_name(experiment)
@@ -124,11 +145,26 @@ def test_four_first_runs_at_once_on_a_fresh_experiment_all_land_in_it(stack, clo
 def test_promote_then_serve_the_champion(stack, clones, bob, tmp_path):
     a, name = clones["a"], clones["names"][LRS[2]]
     env = client_env(stack, PYTHONPATH="src")
-    out = P.run(["python", "-m", "mnist_softmax.promote", name], a, env_=env).stdout
+    out = P.run(["python", "-m", "mnist_softmax.team.promote", name], a, env_=env).stdout
     assert "champion -> 1" in out, out
     port = free_port()
-    serve = P.Proc([P.BIN / "mlflow", "models", "serve", "-m", f"models:/{P.EXPERIMENT}@champion", "-h",
-                    "127.0.0.1", "-p", port, "--env-manager", "local"], tmp_path, env)
+    serve = P.Proc(
+        [
+            P.BIN / "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{P.EXPERIMENT}@champion",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "--env-manager",
+            "local",
+        ],
+        tmp_path,
+        env,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -139,9 +175,12 @@ def test_promote_then_serve_the_champion(stack, clones, bob, tmp_path):
                 assert serve.popen.poll() is None and time.monotonic() < deadline, serve.output
                 time.sleep(1)
         test = load_file(str(a / "data" / "prepared" / "test.safetensors"))
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
-                                         data=json.dumps({"inputs": test["images"][:20].tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            method="POST",
+            data=json.dumps({"inputs": test["images"][:20].tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             logits = np.array(json.loads(response.read())["predictions"])
     finally:
@@ -156,7 +195,7 @@ def test_promote_works_on_the_sqlite_default(repro_project, e2e_dir):
     root = P.clone_project(repro_project.root, e2e_dir / "promote-sqlite", fresh_store=False)
     [run] = [r for r in P.runs(root) if r.data.tags.get("model_sha256")][:1]
     name = run.info.run_name  # MLflow named the workspace's run; an experiment's run has the experiment's name
-    out = P.run(["python", "-m", "mnist_softmax.promote", name], root, env_=P.env(PYTHONPATH="src")).stdout
+    out = P.run(["python", "-m", "mnist_softmax.team.promote", name], root, env_=P.env(PYTHONPATH="src")).stdout
     assert "champion -> 1" in out, out
     version = P.mlflow_client(root).get_model_version_by_alias(P.EXPERIMENT, "champion")
     assert version.run_id == run.info.run_id
@@ -186,12 +225,23 @@ def test_the_ui_shows_the_sweep_to_the_second_user(stack, clones, bob, tmp_path)
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+
     runs = [r for r in server_runs(stack, bob) if r.info.run_name in clones["names"].values()]
     options = webdriver.ChromeOptions()
+    assert CHROMIUM is not None  # the skipif above
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1500,1000", f"--user-data-dir={tmp_path / 'chrome'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1500,1000",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
         options.add_argument(flag)
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers on the network
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -206,8 +256,10 @@ def test_the_ui_shows_the_sweep_to_the_second_user(stack, clones, bob, tmp_path)
             close.click()
         # the plot: each run's learning rate against its final test accuracy
         driver.find_element(By.XPATH, "//button[contains(., 'Clear All')]").click()
-        for box, choice in zip(driver.find_elements(By.CSS_SELECTOR, "input[role='combobox']"),
-                               ("train.lr", "final_test_accuracy")):
+        for box, choice in zip(
+            driver.find_elements(By.CSS_SELECTOR, "input[role='combobox']"),
+            ("train.lr", "final_test_accuracy"),
+        ):
             box.click()
             box.send_keys(choice)
             time.sleep(0.5)

@@ -5,11 +5,13 @@ processes the tests start, watch and kill (helpers in tests/harness.py).
 `dvc repro preprocess` and creates the MLflow store. `project` gives each test its own byte copy of that
 (cache, lock, data and store included), so it starts with download and preprocess done.
 """
+
 from __future__ import annotations
 
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,21 @@ import pytest
 from tests import harness as H
 from tests import synthetic
 
-TRAIN_CMD = ["python", "-m", "pipeline.train", "--params", "params.yaml", "--data", "data/prepared",
-             "--model", "models/model.pt", "--history", "metrics/train_history.json",
-             "--checkpoint", ".checkpoints/train.pt"]
+TRAIN_CMD = [
+    "python",
+    "-m",
+    "pipeline.train",
+    "--params",
+    "params.yaml",
+    "--data",
+    "data/prepared",
+    "--model",
+    "models/model.pt",
+    "--history",
+    "metrics/train_history.json",
+    "--checkpoint",
+    ".checkpoints/train.pt",
+]
 
 
 class Project:
@@ -90,19 +104,30 @@ def base_project(tmp_path_factory, raw_files) -> Project:
     """Project copy with the tiny dataset downloaded and preprocessed by DVC, committed in git."""
     top = tmp_path_factory.mktemp("faults")
     raw_dir = synthetic.write_files(top / "raw-gz", raw_files, gz=True)
-    path = H.make_project(top / "base", synthetic.tiny_params([f"dir:{raw_dir}"]),
-                          synthetic.registration_code(raw_files))
+    path = H.make_project(
+        top / "base",
+        synthetic.tiny_params([f"dir:{raw_dir}"]),
+        synthetic.registration_code(raw_files),
+    )
     project = Project(path, raw_dir)
-    for cmd in (["dvc", "repro", "preprocess"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "prepared"],
-                # The project's MLflow store, created once (tables + experiment) as after a first training.
-                ["python", "-c", "from mnist_softmax.mlflow_tracker import Tracker; Tracker('mnist-softmax')"]):
+    for cmd in (
+        ["dvc", "repro", "preprocess"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "prepared"],
+        # The project's MLflow store, created once (tables + experiment) as after a first training.
+        [
+            "python",
+            "-c",
+            f"from mnist_softmax.tracking.tracker import MlflowTracker; MlflowTracker({H.EXPERIMENT!r})",
+        ],
+    ):
         done = project.run(*cmd)
         assert done.returncode == 0, f"{cmd}: {done.stdout}"
     return project
 
 
 @pytest.fixture
-def project(base_project, tmp_path) -> Project:
+def project(base_project, tmp_path) -> Iterator[Project]:
     """A private copy of base_project for one test; its processes are killed after. (Its store's experiment
     keeps the base's artifact folder: runs have their own ids there.)"""
     path = tmp_path / "project"

@@ -1,7 +1,8 @@
-"""Case 8: kill -9 at any point of writing the model, history or metrics never leaves a truncated file under its
+"""Kill -9 at any point of writing the model, history or metrics never leaves a truncated file under its
 final name. A real child process rewrites the three files in a loop with the project's writers (save_model,
 write_json_atomic), alternating two versions; it is SIGKILLed the moment a temp file for one of them appears
 (so mid-write), many times. After every kill each file is absent or byte-equal to one complete version."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,8 @@ import time
 
 import torch
 
+from mnist_softmax.core.model import MLP, architecture, load_model, save_model
 from mnist_softmax.fileio import read_json, write_json_atomic
-from mnist_softmax.model import MLP, architecture, load_model, save_model
 
 ROUNDS = 24
 WAIT_S = 60
@@ -23,11 +24,26 @@ def versions():
     for seed in (1, 2):
         torch.manual_seed(seed)
         arch = architecture(784, [1024, 1024], 10, "relu")
-        history = [{"epoch": e, "train_loss": seed / (e + 1), "test_loss": seed / (e + 2), "test_accuracy": 0.5}
-                   for e in range(1, 30001)]
-        out.append({"model": (MLP(**arch), arch), "history": history,
-                    "metrics": {"accuracy": seed / 3, "per_class": {str(k): k / seed for k in range(10)},
-                                "padding": [seed] * 200000}})
+        history = [
+            {
+                "epoch": e,
+                "train_loss": seed / (e + 1),
+                "test_loss": seed / (e + 2),
+                "test_accuracy": 0.5,
+            }
+            for e in range(1, 30001)
+        ]
+        out.append(
+            {
+                "model": (MLP(**arch), arch),
+                "history": history,
+                "metrics": {
+                    "accuracy": seed / 3,
+                    "per_class": {str(k): k / seed for k in range(10)},
+                    "padding": [seed] * 200000,
+                },
+            }
+        )
     return out
 
 
@@ -50,7 +66,7 @@ def temp_of(folder, name):
 
 def test_kill_9_mid_write_never_leaves_a_truncated_file(tmp_path):
     both = versions()
-    complete = {}  # file name -> the set of byte strings a complete version has
+    complete: dict[str, set[bytes]] = {}  # file name -> the set of byte strings a complete version has
     for i, version in enumerate(both):
         ref = tmp_path / f"ref{i}"
         write_all(ref, version)  # also imports everything the writers use before any fork

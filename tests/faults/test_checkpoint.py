@@ -1,6 +1,7 @@
-"""mnist_softmax.checkpoint in-process (the real kill -9 + `dvc repro` is in test_training.py):
+"""mnist_softmax.core.checkpoint in-process (the real kill -9 + `dvc repro` is in test_training.py):
 a resumed training is bit-identical to an uninterrupted one; a checkpoint from other params, data or code,
 a corrupt one and one whose unpickling would run code are all ignored with a message."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,11 +11,11 @@ import pickle
 import pytest
 import torch
 
-from mnist_softmax import checkpoint
-from mnist_softmax.checkpoint import Checkpoint
-from mnist_softmax.model import MLP
-from mnist_softmax.params import parse_params
-from mnist_softmax.train import make_optimizer, train
+from mnist_softmax.core import checkpoint
+from mnist_softmax.core.checkpoint import Checkpoint
+from mnist_softmax.core.model import MLP
+from mnist_softmax.core.params import parse_params
+from mnist_softmax.core.train import make_optimizer, train
 from tests import synthetic
 
 EPOCHS, CRASH_AFTER = 5, 2
@@ -35,7 +36,12 @@ def tiny():
 def data():
     tr_x, tr_y = synthetic.make_split(300, 0)
     te_x, te_y = synthetic.make_split(100, 1)
-    return (synthetic.normalized(tr_x, 0.13, 0.3), tr_y.long(), synthetic.normalized(te_x, 0.13, 0.3), te_y.long())
+    return (
+        synthetic.normalized(tr_x, 0.13, 0.3),
+        tr_y.long(),
+        synthetic.normalized(te_x, 0.13, 0.3),
+        te_y.long(),
+    )
 
 
 @pytest.fixture
@@ -56,8 +62,7 @@ def run(data, p, ckpt: Checkpoint, *, crash_after=None):
     tr_x, tr_y, te_x, te_y = data
     torch.manual_seed(p.seed)
     model = MLP(784, list(p.model.hidden_sizes), 10, p.model.activation)
-    opt = make_optimizer(model, p.train.optimizer, p.train.lr, p.train.momentum, p.train.betas,
-                         p.train.weight_decay)
+    opt = make_optimizer(model, p.train.optimizer, p.train.lr, p.train.momentum, p.train.betas, p.train.weight_decay)
     gen = torch.Generator().manual_seed(p.seed)
     done, tags = ckpt.resume(model, opt, gen)
 
@@ -67,9 +72,20 @@ def run(data, p, ckpt: Checkpoint, *, crash_after=None):
         if r.epoch == crash_after:
             raise Crash
 
-    train(model, tr_x, tr_y, te_x, te_y, epochs=p.train.epochs, batch_size=p.train.batch_size,
-          eval_batch_size=p.train.eval_batch_size, optimizer=opt, generator=gen, start_epoch=len(done) + 1,
-          on_epoch=on_epoch)
+    train(
+        model,
+        tr_x,
+        tr_y,
+        te_x,
+        te_y,
+        epochs=p.train.epochs,
+        batch_size=p.train.batch_size,
+        eval_batch_size=p.train.eval_batch_size,
+        optimizer=opt,
+        generator=gen,
+        start_epoch=len(done) + 1,
+        on_epoch=on_epoch,
+    )
     return model, [(h.epoch, h.train_loss, h.test_loss, h.test_accuracy) for h in done], tags
 
 
@@ -81,7 +97,7 @@ def test_resume_is_bit_identical(tiny, data, data_dir, tmp_path, optimizer):
     path = tmp_path / "ckpt.pt"
     with pytest.raises(Crash):
         run(data, p, Checkpoint(path, p, data_dir, "cpu"), crash_after=CRASH_AFTER)
-    messages = []
+    messages: list[str] = []
     model, history, tags = run(data, p, Checkpoint(path, p, data_dir, "cpu", log=messages.append))
 
     assert tags == {"resumed_from_run": "run-1", "resumed_from_epoch": str(CRASH_AFTER)}
@@ -106,7 +122,7 @@ def test_checkpoint_of_other_params_data_or_code_is_ignored(tiny, data, data_dir
         extra = tmp_path / "pipeline_train.py"
         extra.write_text("# another version of the stage\n")
         code = [extra]
-    messages = []
+    messages: list[str] = []
     ckpt = Checkpoint(path, p, data_dir, "cpu", code_files=code, log=messages.append)
     model = MLP(784, [32, 16], 10, "relu")
     done, tags = ckpt.resume(model, make_optimizer(model, "sgd", 0.1, 0.0, (0.9, 0.999), 0.0), torch.Generator())
@@ -132,10 +148,11 @@ def test_corrupt_or_unsafe_checkpoint_is_ignored(tiny, data, data_dir, tmp_path)
     with_digest = checkpoint.MAGIC + hashlib.sha256(unsafe).hexdigest().encode() + b"\n" + unsafe
     for bad in (good[: len(good) // 2], b"", bytes(flipped), unsafe, with_digest):
         path.write_bytes(bad)
-        messages = []
+        messages: list[str] = []
         model = fresh_model()
         done, _ = Checkpoint(path, p, data_dir, "cpu", log=messages.append).resume(
-            model, make_optimizer(model, "sgd", 0.1, 0.0, (0.9, 0.999), 0.0), torch.Generator())
+            model, make_optimizer(model, "sgd", 0.1, 0.0, (0.9, 0.999), 0.0), torch.Generator()
+        )
         assert done == []
         assert len(messages) == 1 and "cannot read it" in messages[0], messages
         assert_fresh(model)
@@ -153,7 +170,8 @@ def assert_fresh(model):
 
 @pytest.mark.parametrize("damage", ["weights of another shape", "momentum of another shape", "history gap"])
 def test_a_well_formed_checkpoint_that_does_not_fit_is_ignored_and_nothing_is_half_restored(
-        tiny, data, data_dir, tmp_path, damage):
+    tiny, data, data_dir, tmp_path, damage
+):
     """Right format, right fingerprint, right digest, wrong contents: refused with a message, the model and
     optimizer left as they were, and training starts at epoch 1 (before: a crash on every retry)."""
     p = params(**{"train.epochs": EPOCHS})
@@ -162,6 +180,7 @@ def test_a_well_formed_checkpoint_that_does_not_fit_is_ignored_and_nothing_is_ha
     with pytest.raises(Crash):
         run(data, p, ckpt, crash_after=CRASH_AFTER)
     state = checkpoint.load(path, ckpt.fingerprint)
+    assert state is not None  # the crashed run's checkpoint fits these params
     if damage == "weights of another shape":
         state["model"]["net.0.weight"] = torch.zeros(3, 3)
     elif damage == "momentum of another shape":
@@ -174,11 +193,10 @@ def test_a_well_formed_checkpoint_that_does_not_fit_is_ignored_and_nothing_is_ha
     payload = buffer.getvalue()
     path.write_bytes(checkpoint.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
-    messages = []
+    messages: list[str] = []
     model = fresh_model()
     optimizer = make_optimizer(model, "sgd", 0.1, 0.9, (0.9, 0.999), 0.0)
-    done, tags = Checkpoint(path, p, data_dir, "cpu", log=messages.append).resume(model, optimizer,
-                                                                                 torch.Generator())
+    done, tags = Checkpoint(path, p, data_dir, "cpu", log=messages.append).resume(model, optimizer, torch.Generator())
     assert (done, tags) == ([], {})
     assert len(messages) == 1 and "does not fit this training" in messages[0] and "epoch 1" in messages[0]
     assert_fresh(model)

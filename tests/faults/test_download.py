@@ -2,6 +2,7 @@
 verified files and removes the killed run's staging folder; nothing truncated reaches preprocess. The
 mirror is a real HTTP server on 127.0.0.1 that trickles the .gz bytes (source
 torchvision:http://127.0.0.1:PORT/), so the fetch is slow for real."""
+
 from __future__ import annotations
 
 import gzip
@@ -34,6 +35,8 @@ class Mirror(http.server.ThreadingHTTPServer):
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    server: Mirror  # the server it is made by
+
     def do_GET(self):
         body = self.server.gz.get(self.path)
         if body is None:
@@ -48,10 +51,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(body)
                 return
             for i in range(0, len(body), 512):
-                self.wfile.write(body[i:i + 512])
+                self.wfile.write(body[i : i + 512])
                 self.wfile.flush()
                 time.sleep(0.05)
-        except (BrokenPipeError, ConnectionResetError):  # the client went away (killed, or torchvision's probe)
+        except (
+            BrokenPipeError,
+            ConnectionResetError,
+        ):  # the client went away (killed, or torchvision's probe)
             pass
 
     def log_message(self, *args):

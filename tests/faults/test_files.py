@@ -1,5 +1,6 @@
 """Files are complete, readable by others as the umask allows, cleaned up, and a full disk is a clear error:
 real `dvc repro` runs under two umasks, real processes killed mid-write, a real full file system (tmpfs)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -38,9 +39,17 @@ def test_outputs_get_the_modes_the_umask_gives(project, mask, file_mode, dir_mod
     with umask(mask):
         done = project.dvc("repro", "-f")
     assert done.returncode == 0, done.stdout
-    files = ["data/raw/train-images-idx3-ubyte", "data/prepared/train.safetensors", "data/prepared/dataset.json",
-             "models/model.pt", "metrics/train_history.json", "metrics/eval.json", "metrics/predictions.csv",
-             "plots/loss_accuracy.png", ".mlflow-run.json"]
+    files = [
+        "data/raw/train-images-idx3-ubyte",
+        "data/prepared/train.safetensors",
+        "data/prepared/dataset.json",
+        "models/model.pt",
+        "metrics/train_history.json",
+        "metrics/eval.json",
+        "metrics/predictions.csv",
+        "plots/loss_accuracy.png",
+        ".mlflow-run.json",
+    ]
     assert modes(project.path, files) == {f: file_mode for f in files}
     folders = ["data/raw", "data/prepared", "plots"]
     assert modes(project.path, folders) == {f: dir_mode for f in folders}
@@ -70,15 +79,28 @@ def test_a_killed_stage_leaves_nothing_in_git_status_and_its_next_run_cleans_up(
     pid = project.stage_pid("pipeline.plot")
     kill_when(pid, lambda: any(project.path.glob(".plots.staging-*/*.png")))
     plot.wait()
-    writer = subprocess.Popen([H.BIN / "python", "-c",
-                               "import sys; from mnist_softmax.fileio import write_json_atomic\n"
-                               "while True: write_json_atomic(sys.argv[1], list(range(2_000_000)))",
-                               project.path / "metrics" / "eval.json"], cwd=project.path, env=H.env(PYTHONPATH="src"))
+    writer = subprocess.Popen(
+        [
+            H.BIN / "python",
+            "-c",
+            "import sys; from mnist_softmax.fileio import write_json_atomic\n"
+            "while True: write_json_atomic(sys.argv[1], list(range(2_000_000)))",
+            project.path / "metrics" / "eval.json",
+        ],
+        cwd=project.path,
+        env=H.env(PYTHONPATH="src"),
+    )
     kill_when(writer.pid, lambda: any((project.path / "metrics").glob(".eval.json.*.tmp")))
     writer.wait()
-    left = [*project.path.glob(".plots.staging-*"), *(project.path / "metrics").glob(".eval.json.*.tmp")]
+    left = [
+        *project.path.glob(".plots.staging-*"),
+        *(project.path / "metrics").glob(".eval.json.*.tmp"),
+    ]
     assert len(left) == 2, left
-    assert H.git(project.path, "status", "--porcelain", "--untracked-files=all").strip() in ("", "M params.yaml")
+    assert H.git(project.path, "status", "--porcelain", "--untracked-files=all").strip() in (
+        "",
+        "M params.yaml",
+    )
 
     project.params(**{"train.epochs": 1, "plot.dpi": 41})
     evaluate = project.dvc("repro", "--single-item", "--force", "evaluate")  # the next run of each stage
@@ -117,8 +139,11 @@ def full_disk(tmp_path):
     """A real 2 MiB tmpfs, filled up; skipped where this machine cannot mount one."""
     mount = tmp_path / "full"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -132,9 +157,15 @@ def full_disk(tmp_path):
 
 
 def train_argv(**paths) -> list[str]:
-    argv = {"--params": "params.yaml", "--data": "data/prepared", "--model": "models/model.pt",
-            "--history": "metrics/train_history.json", "--checkpoint": ".checkpoints/train.pt",
-            "--run-file": ".mlflow-run.json", **paths}
+    argv = {
+        "--params": "params.yaml",
+        "--data": "data/prepared",
+        "--model": "models/model.pt",
+        "--history": "metrics/train_history.json",
+        "--checkpoint": ".checkpoints/train.pt",
+        "--run-file": ".mlflow-run.json",
+        **paths,
+    }
     return ["python", "-m", "pipeline.train", *[str(x) for kv in argv.items() for x in kv]]
 
 
@@ -155,8 +186,11 @@ def test_a_full_disk_is_a_clear_error_and_a_failed_run(project, full_disk, tmp_p
         env["MLFLOW_TRACKING_URI"] = uri
     done = project.run(*train_argv(**paths), env_=env)
     assert done.returncode == 1, done.stdout
-    expected = {"checkpoint": f"{full_disk / 'train.pt'}", "history": f"{full_disk / 'history.json'}",
-                "artifact": "the run's artifact weights/model.pt"}[where]
+    expected = {
+        "checkpoint": f"{full_disk / 'train.pt'}",
+        "history": f"{full_disk / 'history.json'}",
+        "artifact": "the run's artifact weights/model.pt",
+    }[where]
     line = f"no space left on the device while writing {expected}"
     assert f"train: error: {line}" in done.stdout and "Traceback" not in done.stdout, done.stdout
     (run,) = H.runs(uri)[-1:]

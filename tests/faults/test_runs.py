@@ -1,11 +1,13 @@
 """MLflow runs are never stuck and never wrong, provoked for real in a copy of the project: stage processes
 killed with SIGKILL (alone, or their whole process group) and SIGINT, runs of a machine that went down, a
 failed stage rerun, four processes writing one SQLite store at once, and a relative MLFLOW_TRACKING_URI."""
+
 from __future__ import annotations
 
 import os
 import signal
 import time
+from pathlib import Path
 
 from tests import harness as H
 
@@ -24,8 +26,10 @@ def test_kill_9_of_training_then_a_run_cache_restore_leaves_no_run_running(proje
     os.kill(pid, signal.SIGKILL)
     repro.wait()
     killed = project.wait_for_status("FAILED")
-    assert killed.data.tags["pipeline.end_reason"] == \
-        f"process {pid} on {killed.data.tags['pipeline.host']} ended without closing the run (killed?)"
+    assert (
+        killed.data.tags["pipeline.end_reason"]
+        == f"process {pid} on {killed.data.tags['pipeline.host']} ended without closing the run (killed?)"
+    )
     assert killed.data.tags["pipeline.stage.train"] == "FAILED"
 
     project.params(**{"train.epochs": 3})
@@ -51,18 +55,44 @@ def test_runs_of_a_machine_that_went_down_are_ended_by_the_next_stage(project):
     opens the store ends the first two FAILED and leaves the third alone."""
     client = H.mlflow_client(project.path)
     exp = client.get_experiment_by_name(H.EXPERIMENT).experiment_id
-    me = {k: v.strip() for k, v in (("pipeline.boot_id", open("/proc/sys/kernel/random/boot_id").read()),
-                                     ("pipeline.pid_namespace", os.readlink("/proc/self/ns/pid")))}
+    me = {
+        k: v.strip()
+        for k, v in (
+            ("pipeline.boot_id", Path("/proc/sys/kernel/random/boot_id").read_text()),
+            ("pipeline.pid_namespace", os.readlink("/proc/self/ns/pid")),
+        )
+    }
     now_ms = int(time.time() * 1000)
-    gone = client.create_run(exp, tags={"pipeline.boot_id": "another-boot", "pipeline.pid_namespace": "x",
-                                        "pipeline.host": "elsewhere", "pipeline.pid": "4242",
-                                        "pipeline.heartbeat": str(now_ms - 3600_000)}).info.run_id
-    reused_pid = client.create_run(exp, tags={**me, "pipeline.host": "here", "pipeline.pid": str(os.getpid()),
-                                              "pipeline.pid_start": "1",
-                                              "pipeline.heartbeat": str(now_ms)}).info.run_id
-    alive = client.create_run(exp, tags={"pipeline.boot_id": "another-boot", "pipeline.pid_namespace": "x",
-                                         "pipeline.host": "elsewhere", "pipeline.pid": "4242",
-                                         "pipeline.heartbeat": str(now_ms)}).info.run_id
+    gone = client.create_run(
+        exp,
+        tags={
+            "pipeline.boot_id": "another-boot",
+            "pipeline.pid_namespace": "x",
+            "pipeline.host": "elsewhere",
+            "pipeline.pid": "4242",
+            "pipeline.heartbeat": str(now_ms - 3600_000),
+        },
+    ).info.run_id
+    reused_pid = client.create_run(
+        exp,
+        tags={
+            **me,
+            "pipeline.host": "here",
+            "pipeline.pid": str(os.getpid()),
+            "pipeline.pid_start": "1",
+            "pipeline.heartbeat": str(now_ms),
+        },
+    ).info.run_id
+    alive = client.create_run(
+        exp,
+        tags={
+            "pipeline.boot_id": "another-boot",
+            "pipeline.pid_namespace": "x",
+            "pipeline.host": "elsewhere",
+            "pipeline.pid": "4242",
+            "pipeline.heartbeat": str(now_ms),
+        },
+    ).info.run_id
     project.params(**{"train.epochs": 1})
     assert project.dvc("repro", "train").returncode == 0
     status = {r.info.run_id: r for r in project.runs()}
@@ -73,10 +103,27 @@ def test_runs_of_a_machine_that_went_down_are_ended_by_the_next_stage(project):
 
 
 def plot_argv(project) -> list[str]:
-    return ["python", "-m", "pipeline.plot", "--params", "params.yaml", "--data", "data/prepared",
-            "--model", "models/model.pt", "--history", "metrics/train_history.json",
-            "--confusion", "metrics/confusion_matrix.json", "--predictions", "metrics/predictions.csv",
-            "--out", "plots", "--run-file", ".mlflow-run.json"]
+    return [
+        "python",
+        "-m",
+        "pipeline.plot",
+        "--params",
+        "params.yaml",
+        "--data",
+        "data/prepared",
+        "--model",
+        "models/model.pt",
+        "--history",
+        "metrics/train_history.json",
+        "--confusion",
+        "metrics/confusion_matrix.json",
+        "--predictions",
+        "metrics/predictions.csv",
+        "--out",
+        "plots",
+        "--run-file",
+        ".mlflow-run.json",
+    ]
 
 
 def test_a_run_s_status_follows_the_latest_attempt_of_each_stage(project):
@@ -114,20 +161,22 @@ def test_a_run_s_status_follows_the_latest_attempt_of_each_stage(project):
     assert project.run(*plot_argv(project), env_=env).returncode == 0
     run = project.runs()[-1]
     assert run.info.status == "FINISHED" and len(project.runs()) == 1
-    assert {run.data.tags[f"pipeline.stage.{s}"] for s in ("train", "evaluate", "plot")} == {"FINISHED"}
+    assert {run.data.tags[f"pipeline.stage.{s}"] for s in H.STAGES[H.STAGES.index("train") :]} == {"FINISHED"}
 
 
 WRITER = """
 import os, sys, time
 from pathlib import Path
-from mnist_softmax.mlflow_tracker import Tracker
+from mnist_softmax.core.params import load_params
+from mnist_softmax.tracking.tracker import MlflowTracker
 gate = Path(sys.argv[1])
 (gate / f"ready{os.getpid()}").touch()
 while not (gate / "go").exists():
     time.sleep(0.001)
 blob = gate / f"blob{os.getpid()}.bin"
 blob.write_bytes(os.urandom(10 << 20))
-with Tracker("mnist-softmax").training_run(f"writer-{os.getpid()}", {"p": "1"}, {}) as run:
+tracker = MlflowTracker(load_params("params.yaml").tracking.experiment)
+with tracker.training_run(f"writer-{os.getpid()}", {"p": "1"}, {}) as run:
     for step in range(1, 301):
         run.log_metrics({"train_loss": 1.0 / step, "test_accuracy": step / 300}, step=step)
     run.log_artifact(blob, "weights")

@@ -1,5 +1,6 @@
-"""Case 11: an unusable MLflow store stops the train stage clearly before any data is loaded or epoch trained;
+"""An unusable MLflow store stops the train stage clearly before any data is loaded or epoch trained;
 it exits non-zero and DVC caches nothing."""
+
 from __future__ import annotations
 
 import socket
@@ -53,7 +54,9 @@ def test_read_only_sqlite_store(project):
         done = project.dvc("repro", "train")
     finally:
         subprocess.run(["chattr", "-i", str(project.db)], check=True)
-    assert f"train: error: the MLflow store sqlite:///{project.db} cannot be written (attempt to write a readonly" \
-           " database)" in done.stdout, done.stdout
+    assert (
+        f"train: error: the MLflow store sqlite:///{project.db} cannot be written (attempt to write a readonly"
+        " database)" in done.stdout
+    ), done.stdout
     assert_stopped_before_training(project, done, lock, cache)
     assert project.db.read_bytes() == before

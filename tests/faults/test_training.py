@@ -1,6 +1,7 @@
-"""Faults during training, provoked for real on the tiny dataset in a copy of the project (issue #5, cases 5-7):
+"""Faults during training, provoked for real on the tiny dataset in a copy of the project:
 a diverging loss, SIGTERM / Ctrl-C / kill -9 of the real `python -m pipeline.train` process, and resuming from
 the checkpoint after kill -9. MLflow state is read back with MlflowClient."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,6 @@ import re
 import signal
 
 from tests import harness as H
-
 
 EPOCH_LINE = r"^epoch +{n}/{total} "
 
@@ -26,15 +26,18 @@ def assert_contiguous(project, run, upto_at_least: int, below: int):
 
 
 def test_diverging_loss_stops_the_pipeline_and_caches_nothing(project):
-    """Case 5: train.lr = 1e6 makes the loss NaN in epoch 1: a clear message, run FAILED, evaluate never
+    """train.lr = 1e6 makes the loss NaN in epoch 1: a clear message, run FAILED, evaluate never
     runs, dvc.lock and the run-cache unchanged; the next `dvc repro` with a sane lr trains again."""
     project.params(**{"train.epochs": 5, "train.lr": 1.0e6})
     lock, cache = project.read("dvc.lock"), run_cache(project)
 
     done = project.dvc("repro")
     assert done.returncode != 0, done.stdout
-    assert re.search(r"train: error: epoch \d+: training loss is (nan|inf|-inf); the run diverged \(try a lower"
-                     r" train.lr\)", done.stdout), done.stdout
+    assert re.search(
+        r"train: error: epoch \d+: training loss is (nan|inf|-inf); the run diverged \(try a lower"
+        r" train.lr\)",
+        done.stdout,
+    ), done.stdout
     assert "Traceback" not in done.stdout
     assert "Running stage 'train'" in done.stdout and "Running stage 'evaluate'" not in done.stdout
     assert project.read("dvc.lock") == lock and run_cache(project) == cache
@@ -55,7 +58,7 @@ def test_diverging_loss_stops_the_pipeline_and_caches_nothing(project):
 
 
 def test_sigterm_and_ctrl_c_end_the_run_killed_with_its_epochs(project):
-    """Case 6: SIGTERM to the train process under `dvc repro`, then Ctrl-C (SIGINT to the whole foreground
+    """SIGTERM to the train process under `dvc repro`, then Ctrl-C (SIGINT to the whole foreground
     process group, as a terminal sends it): each run ends KILLED with the epochs logged so far; nothing
     is committed to dvc.lock."""
     total = 100
@@ -83,7 +86,7 @@ def test_sigterm_and_ctrl_c_end_the_run_killed_with_its_epochs(project):
 
 
 def test_kill_9_then_resume_gives_the_uninterrupted_result(project):
-    """Cases 6 (kill -9) and 7: with train.checkpoint true, kill -9 of the train stage in epoch k; the next
+    """With train.checkpoint true, kill -9 of the train stage in epoch k; the next
     stage's guard marks its run FAILED; `dvc repro` resumes after the last completed epoch in a new run
     that holds steps 1..N once each, and ends with model and history byte-identical to an uninterrupted
     run (`dvc repro -f`)."""
@@ -100,8 +103,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(project):
 
     done = project.dvc("repro", "train")
     assert done.returncode == 0, done.stdout
-    m = re.search(r"train: resuming from checkpoint \.checkpoints/train\.pt: epochs 1\.\.(\d+) done"
-                  r" \(MLflow run (\w+)\)", done.stdout)
+    m = re.search(
+        r"train: resuming from checkpoint \.checkpoints/train\.pt: epochs 1\.\.(\d+) done"
+        r" \(MLflow run (\w+)\)",
+        done.stdout,
+    )
     assert m, done.stdout
     resumed_at = int(m.group(1))
     assert kill_at <= resumed_at < total and m.group(2) == orphan.info.run_id
@@ -119,7 +125,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(project):
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert project.steps(resumed, key) == list(range(1, total + 1)), key
         before = H.metric_steps(project.path, orphan.info.run_id, key)
-        assert before == H.metric_steps(project.path, resumed.info.run_id, key)[:len(before)]
+        assert before == H.metric_steps(project.path, resumed.info.run_id, key)[: len(before)]
     model, history = project.read("models/model.pt"), project.read("metrics/train_history.json")
 
     done = project.dvc("repro", "-f", "train")
@@ -127,4 +133,3 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(project):
     assert "resuming" not in done.stdout and re.search(r"^epoch +1/", done.stdout, re.M)
     assert project.read("models/model.pt") == model
     assert project.read("metrics/train_history.json") == history
-

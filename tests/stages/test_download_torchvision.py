@@ -1,4 +1,5 @@
 """The torchvision:URL source against a local HTTP mirror (127.0.0.1, ephemeral port)."""
+
 from __future__ import annotations
 
 import functools
@@ -7,7 +8,7 @@ import threading
 
 import pytest
 
-from mnist_softmax.download import DownloadError
+from mnist_softmax.core.download import DownloadError
 from tests.stages.helpers import run_download, staging_leftovers
 from tests.synthetic import write_files
 

@@ -1,12 +1,14 @@
 """MLflow tracking of train -> evaluate -> plot on a temp SQLite store, checked with MlflowClient."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from mnist_softmax.params import ParamsError, flatten, load_params
-from mnist_softmax.train import NonFiniteLoss
+from mnist_softmax.core.params import flatten, load_params
+from mnist_softmax.core.settings import ParamsError
+from mnist_softmax.core.train import NonFiniteLoss
 from tests.stages.helpers import run_evaluate, run_plot, run_train
 
 
@@ -38,7 +40,11 @@ def store(prepared, monkeypatch, store_uri, request):
         mlflow.end_run()
 
 
-EVALUATION_FILES = ["evaluation/confusion_matrix.json", "evaluation/eval.json", "evaluation/predictions.csv"]
+EVALUATION_FILES = [
+    "evaluation/confusion_matrix.json",
+    "evaluation/eval.json",
+    "evaluation/predictions.csv",
+]
 
 
 def runs_of(client, experiment):
@@ -83,8 +89,11 @@ def test_tracked_chain_logs_one_finished_run(prepared, store):
     assert {"weights", "evaluation", "plots"} <= set(top)
     assert artifact_paths(store, run_id, "weights") == ["weights/model.pt"]
     assert artifact_paths(store, run_id, "evaluation") == EVALUATION_FILES
-    assert artifact_paths(store, run_id, "plots") == ["plots/confusion_matrix.png", "plots/loss_accuracy.png",
-                                                      "plots/misclassified.png"]
+    assert artifact_paths(store, run_id, "plots") == [
+        "plots/confusion_matrix.png",
+        "plots/loss_accuracy.png",
+        "plots/misclassified.png",
+    ]
 
 
 def test_each_stage_logs_its_own_results(prepared, store):
@@ -131,8 +140,10 @@ def test_failed_plot_still_leaves_the_final_metrics(prepared, store):
 def test_diverged_training_leaves_its_run_failed(prepared, store):
     tiny, _ = prepared
     store, experiment = store
-    params_path = tiny.params(name="diverge.yaml", **{"tracking.enabled": True, "tracking.experiment": experiment,
-                                                      "train.lr": 1.0e6})
+    params_path = tiny.params(
+        name="diverge.yaml",
+        **{"tracking.enabled": True, "tracking.experiment": experiment, "train.lr": 1.0e6},
+    )
     with pytest.raises(NonFiniteLoss):
         run_train(tiny, params_path)
     (run,) = runs_of(store, experiment)

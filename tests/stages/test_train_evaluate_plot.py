@@ -1,4 +1,5 @@
 """Stages train -> evaluate -> plot, chained in-process on the tiny dataset with tracking off."""
+
 from __future__ import annotations
 
 import csv
@@ -9,11 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_softmax.evaluate import predict
-from mnist_softmax.model import load_model
-from mnist_softmax.params import load_params
-from mnist_softmax.prepared import load_split
-from tests.stages.helpers import packages_imported_by, plot_argv, run_evaluate, run_plot, run_train, staging_leftovers
+from mnist_softmax.core.evaluate import predict
+from mnist_softmax.core.model import load_model
+from mnist_softmax.core.params import load_params
+from mnist_softmax.core.prepared import load_split
+from tests.stages.helpers import (
+    packages_imported_by,
+    plot_argv,
+    run_evaluate,
+    run_plot,
+    run_train,
+    staging_leftovers,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["confusion_matrix.png", "loss_accuracy.png", "misclassified.png"]
@@ -105,6 +113,7 @@ def test_plotting_twice_gives_identical_pngs(trained):
 
 class _Payload:
     """Unpickling this runs `touch marker`."""
+
     def __init__(self, marker):
         self.marker = str(marker)
 

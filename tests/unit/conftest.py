@@ -1,4 +1,5 @@
 """Shared helpers of the unit tests: tiny tensors and IDX bytes built independently of the package."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,4 +23,3 @@ def _restore_torch_globals():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
-

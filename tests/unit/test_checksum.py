@@ -1,4 +1,5 @@
 """SHA-256 of files and verification of a fetched set against the pinned hashes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +7,8 @@ import os
 
 import pytest
 
-from mnist_softmax.datasets import DATASETS, dataset_digest
-from mnist_softmax.download import ChecksumError, SourceError, verify
+from mnist_softmax.core.datasets import DATASETS, dataset_digest
+from mnist_softmax.core.download import ChecksumError, SourceError, verify
 from mnist_softmax.fileio import CHUNK, sha256_file
 from tests.synthetic import raw_files, spec_for, write_files
 

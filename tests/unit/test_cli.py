@@ -1,4 +1,5 @@
 """mnist_softmax.cli.run: a stage's main() as a program: exit codes and messages."""
+
 from __future__ import annotations
 
 import subprocess
@@ -20,18 +21,30 @@ sys.exit(run(main, "demo"))
 """
 
 
-@pytest.mark.parametrize("body, code, stderr", [
-    ("print('ok')", 0, ""),
-    ("raise StageError('bad input')", 1, "demo: error: bad input"),
-    ("raise ValueError('boom')", 1, "demo: error: ValueError: boom"),
-    ("raise KeyboardInterrupt()", 130, "demo: interrupted (Ctrl-C)"),
-    ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", 130, "demo: interrupted (signal SIGTERM)"),
-])
+@pytest.mark.parametrize(
+    "body, code, stderr",
+    [
+        ("print('ok')", 0, ""),
+        ("raise StageError('bad input')", 1, "demo: error: bad input"),
+        ("raise ValueError('boom')", 1, "demo: error: ValueError: boom"),
+        ("raise KeyboardInterrupt()", 130, "demo: interrupted (Ctrl-C)"),
+        (
+            "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",
+            130,
+            "demo: interrupted (signal SIGTERM)",
+        ),
+    ],
+)
 def test_run_exits_with_its_code_and_message(body, code, stderr):
     """Every outcome keeps its exit code and one-line message (a traceback only for an unexplained error);
     a successful run prints nothing on stderr; atexit handlers run."""
-    done = subprocess.run([sys.executable, "-c", PROGRAM.format(body=body)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM.format(body=body)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == code, done.stderr
     assert stderr in done.stderr if stderr else done.stderr == ""
     assert ("Traceback" in done.stderr) == ("ValueError" in body)

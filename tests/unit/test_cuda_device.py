@@ -1,10 +1,16 @@
 """The `train.device` path: cpu always; cuda where a GPU exists (skipped here, run on a lent GPU machine)."""
+
 import pytest
 import torch
 
-from mnist_softmax.evaluate import predict
-from mnist_softmax.model import MLP
-from mnist_softmax.train import make_optimizer, resolve_device, train, use_deterministic_algorithms
+from mnist_softmax.core.evaluate import predict
+from mnist_softmax.core.model import MLP
+from mnist_softmax.core.train import (
+    make_optimizer,
+    resolve_device,
+    train,
+    use_deterministic_algorithms,
+)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -17,13 +23,23 @@ def _data(device, n=256):
 
 
 def _train(device, optimizer="sgd"):
-    use_deterministic_algorithms()
+    use_deterministic_algorithms(device)
     torch.manual_seed(0)
     model = MLP(784, [64, 32], 10, "relu").to(device)
     opt = make_optimizer(model, optimizer, 0.05 if optimizer == "sgd" else 1e-3, 0.5, (0.9, 0.999), 0.0)
     x, y = _data(device)
-    history = train(model, x, y, x, y, epochs=2, batch_size=32, eval_batch_size=128, optimizer=opt,
-                    generator=torch.Generator().manual_seed(0))
+    history = train(
+        model,
+        x,
+        y,
+        x,
+        y,
+        epochs=2,
+        batch_size=32,
+        eval_batch_size=128,
+        optimizer=opt,
+        generator=torch.Generator().manual_seed(0),
+    )
     return model, history
 
 

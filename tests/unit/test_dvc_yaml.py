@@ -1,5 +1,6 @@
 """dvc.yaml names what each stage runs: every package module a stage imports (but those that only shape
-messages or MLflow) is a dep of that stage, and every dep exists."""
+messages, and run tracking) is a dep of that stage, and every dep exists."""
+
 from __future__ import annotations
 
 import ast
@@ -9,28 +10,42 @@ import pytest
 from tests.harness import ROOT, STAGES, read_yaml
 
 PACKAGE = "mnist_softmax"
-NOT_DEPS = {"cli", "errors", "tracking", "mlflow_tracker", "run_guard", "served_model"}  # messages, MLflow
+NOT_DEPS = (
+    "mnist_softmax.cli",
+    "mnist_softmax.errors",
+    "mnist_softmax.tracking",
+)  # messages, MLflow
+
+
+def is_dep(module: str) -> bool:
+    return not any(module == n or module.startswith(n + ".") for n in NOT_DEPS)
+
+
+def source(module: str) -> str:
+    return "src/" + module.replace(".", "/") + ".py"
 
 
 def imported_modules(path) -> set[str]:
     """The package modules a file imports, anywhere in it (function-level imports included)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PACKAGE + "."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PACKAGE):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from package import module`
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(PACKAGE + ".")}
-    return found
+            found |= {a.name for a in node.names if a.name.startswith(PACKAGE + ".")}
+    return {m for m in found if (ROOT / source(m)).is_file()}  # a package's __init__ is no dep
 
 
 def closure(start: set[str]) -> set[str]:
     """The modules `start` imports, and theirs, but not through the modules that are no deps."""
-    seen, todo = set(), list(start - NOT_DEPS)
+    seen: set[str] = set()
+    todo = [m for m in start if is_dep(m)]
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += imported_modules(ROOT / "src" / PACKAGE / f"{name}.py") - NOT_DEPS
+            todo += [m for m in imported_modules(ROOT / source(name)) if is_dep(m)]
     return seen
 
 
@@ -39,7 +54,7 @@ def test_stage_deps_are_the_modules_it_runs(stage):
     spec = read_yaml(ROOT / "dvc.yaml")["stages"][stage]
     code_deps = {d for d in spec["deps"] if d.endswith(".py")}
     used = closure(imported_modules(ROOT / "pipeline" / f"{stage}.py"))
-    assert code_deps == {f"pipeline/{stage}.py", *(f"src/{PACKAGE}/{m}.py" for m in used)}
+    assert code_deps == {f"pipeline/{stage}.py", *(source(m) for m in used)}
     assert spec["cmd"].startswith(f"PYTHONPATH=src python -m pipeline.{stage} ")
     for dep in spec["deps"]:
         assert (ROOT / dep).exists() or dep.startswith(("data/", "models/", "metrics/")), dep

@@ -1,10 +1,11 @@
 """Confusion matrix and per-class accuracy against naive loops."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mnist_softmax.evaluate import confusion_matrix, evaluation_summary, per_class_accuracy
+from mnist_softmax.core.evaluate import confusion_matrix, evaluation_summary, per_class_accuracy
 
 
 def naive_confusion(labels, predicted, k):
@@ -51,5 +52,8 @@ def test_evaluation_summary_shape():
     labels, predicted = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0])
     cm = confusion_matrix(labels, predicted, 2)
     summary = evaluation_summary(0.1234567891, 2 / 3, cm, ["zero", "one"])
-    assert summary == {"test_accuracy": round(2 / 3, 6), "test_loss": 0.123457,
-                       "per_class_accuracy": {"zero": 1.0, "one": 0.5}}
+    assert summary == {
+        "test_accuracy": round(2 / 3, 6),
+        "test_loss": 0.123457,
+        "per_class_accuracy": {"zero": 1.0, "one": 0.5},
+    }

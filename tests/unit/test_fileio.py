@@ -1,4 +1,5 @@
 """Atomic writes: the target is replaced whole on success, untouched on failure, and no temp is left."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,13 @@ import os
 
 import pytest
 
-from mnist_softmax.fileio import atomic_dir, atomic_path, read_json, write_bytes_atomic, write_json_atomic
+from mnist_softmax.fileio import (
+    atomic_dir,
+    atomic_path,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 
 def listing(folder):
@@ -45,19 +52,17 @@ def test_atomic_path_yields_a_sibling_temp(tmp_path):
 def test_failure_inside_atomic_path_keeps_the_previous_target(tmp_path):
     target = tmp_path / "x.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half-writ")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert listing(tmp_path) == ["x.txt"]
 
 
 def test_failure_inside_atomic_path_with_no_previous_target(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(tmp_path / "x.txt") as tmp:
-            tmp.write_text("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "x.txt") as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
     assert listing(tmp_path) == []
 
 
@@ -79,18 +84,16 @@ def test_failure_inside_atomic_dir_keeps_the_previous_folder(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("previous")
-    with pytest.raises(OSError):
-        with atomic_dir(target) as staging:
-            (staging / "partial.txt").write_text("x")
-            raise OSError("disk full")
+    with pytest.raises(OSError), atomic_dir(target) as staging:
+        (staging / "partial.txt").write_text("x")
+        raise OSError("disk full")
     assert listing(target) == ["keep.txt"]
     assert (target / "keep.txt").read_text() == "previous"
     assert listing(tmp_path) == ["out"]  # no .out.staging-* left
 
 
 def test_failure_inside_atomic_dir_with_no_previous_folder(tmp_path):
-    with pytest.raises(ValueError):
-        with atomic_dir(tmp_path / "out") as staging:
-            (staging / "partial.txt").write_text("x")
-            raise ValueError
+    with pytest.raises(ValueError), atomic_dir(tmp_path / "out") as staging:
+        (staging / "partial.txt").write_text("x")
+        raise ValueError
     assert listing(tmp_path) == []

@@ -1,4 +1,5 @@
 """The strict IDX parser: good files round-trip, every kind of malformed file is refused by name."""
+
 from __future__ import annotations
 
 import gzip
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_softmax.idx import IdxError, parse_idx, read_split
+from mnist_softmax.core.idx import IdxError, parse_idx, read_split
 from tests.synthetic import idx_bytes
 
 NAME = "data/raw/some-file-idx3-ubyte"
@@ -38,8 +39,10 @@ def test_one_dim_round_trip():
 
 def test_non_square_dims_keep_their_order():
     images = torch.arange(2 * 3 * 5, dtype=torch.uint8).reshape(2, 3, 5)
-    assert np.array_equal(parse_idx(header(3, (2, 3, 5)) + images.numpy().tobytes(), ndim=3, name=NAME),
-                          images.numpy())
+    assert np.array_equal(
+        parse_idx(header(3, (2, 3, 5)) + images.numpy().tobytes(), ndim=3, name=NAME),
+        images.numpy(),
+    )
 
 
 GOOD3 = header(3, (2, 4, 4)) + bytes(range(32))
@@ -50,7 +53,11 @@ MALFORMED = {
     "too short": (b"\x00\x00", 1, "too short for an IDX header"),
     "gzip bytes": (gzip.compress(GOOD3, mtime=0), 3, "bad magic number 0x1f8b"),
     "html page": (b"<html><body>404 Not Found</body></html>", 3, "bad magic number 0x3c68746d"),
-    "wrong element type": (header(3, (2, 4, 4), elem=0x0D) + bytes(32 * 4), 3, "element type 0x0d, expected 0x08"),
+    "wrong element type": (
+        header(3, (2, 4, 4), elem=0x0D) + bytes(32 * 4),
+        3,
+        "element type 0x0d, expected 0x08",
+    ),
     "wrong ndim (labels as images)": (GOOD1, 3, "1 dimensions, expected 3"),
     "wrong ndim (images as labels)": (GOOD3, 1, "3 dimensions, expected 1"),
     "header cut inside dims": (header(3, (2, 4, 4))[:10], 3, "too short for a 3-dimension header"),
@@ -76,10 +83,12 @@ def test_size_message_states_byte_counts():
 def test_idx_error_is_a_value_error():
     """Callers that catch ValueError (and the stage runner, through ExplainedError) see it."""
     from mnist_softmax.errors import ExplainedError
+
     assert issubclass(IdxError, ValueError) and issubclass(IdxError, ExplainedError)
 
 
 # ---- read_split: the two files of a split, checked against each other and the dataset ---------------
+
 
 def write_split(tmp_path, images: torch.Tensor, labels: torch.Tensor):
     ip, lp = tmp_path / "imgs-idx3-ubyte", tmp_path / "lbls-idx1-ubyte"

@@ -1,21 +1,31 @@
 """The MLP: shapes, parameter count, activations, and the model file (weights_only, reproducible bytes)."""
+
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 
 import pytest
 import torch
 from torch import nn
 
-from mnist_softmax.model import ACTIVATIONS, MLP, architecture, build, count_params, load_model, save_model
+from mnist_softmax.core.model import (
+    ACTIVATIONS,
+    MLP,
+    architecture,
+    build,
+    count_params,
+    load_model,
+    save_model,
+)
 
 DEFAULT_HIDDEN = [512, 256, 128, 64]
 
 
 def expected_param_count(sizes):
     """sum over Linear layers of in*out weights + out biases."""
-    return sum(i * o + o for i, o in zip(sizes[:-1], sizes[1:]))
+    return sum(i * o + o for i, o in itertools.pairwise(sizes))
 
 
 @pytest.mark.parametrize("batch", [1, 5, 64])
@@ -51,8 +61,10 @@ def test_layer_structure():
     assert isinstance(list(model.net)[-1], nn.Linear)  # raw logits out, no softmax layer
 
 
-@pytest.mark.parametrize("activation, cls", [("relu", nn.ReLU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid),
-                                             ("gelu", nn.GELU)])
+@pytest.mark.parametrize(
+    "activation, cls",
+    [("relu", nn.ReLU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid), ("gelu", nn.GELU)],
+)
 def test_each_activation_builds_and_runs(activation, cls):
     assert set(ACTIVATIONS) == {"relu", "tanh", "sigmoid", "gelu"}
     model = build(architecture(784, (8, 4), 10, activation))
@@ -63,7 +75,12 @@ def test_each_activation_builds_and_runs(activation, cls):
 
 def test_architecture_is_plain_data():
     arch = architecture(784, (32, 16), 10, "gelu")
-    assert arch == {"in_features": 784, "hidden_sizes": [32, 16], "num_classes": 10, "activation": "gelu"}
+    assert arch == {
+        "in_features": 784,
+        "hidden_sizes": [32, 16],
+        "num_classes": 10,
+        "activation": "gelu",
+    }
 
 
 def test_save_load_round_trip(tmp_path):

@@ -1,5 +1,6 @@
 """Scaling and normalization (numpy) against torchvision's ToTensor + Normalize, bit for bit; dataset stats
 against torch's float64 reductions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from mnist_softmax.preprocess import dataset_stats, normalize, to_unit
+from mnist_softmax.core.preprocess import dataset_stats, normalize, to_unit
 
 MEAN, STD = 0.1307, 0.3081
 

@@ -1,7 +1,9 @@
 """pyproject.toml's pins must imply the security/feature floors the project relies on, and pin everything."""
+
 from __future__ import annotations
 
 import tomllib
+from typing import cast
 
 import pytest
 from packaging.requirements import Requirement
@@ -21,8 +23,9 @@ def pinned() -> dict[str, Requirement]:
 
 def implied_minimum(req: Requirement) -> Version | None:
     """The lowest version the specifier allows, when it has a lower bound (==, ===, >=, >, ~=)."""
-    lows = [Version(s.version.removesuffix(".*")) for s in req.specifier
-            if s.operator in ("==", "===", ">=", ">", "~=")]
+    lows = [
+        Version(s.version.removesuffix(".*")) for s in req.specifier if s.operator in ("==", "===", ">=", ">", "~=")
+    ]
     return max(lows) if lows else None
 
 
@@ -47,12 +50,14 @@ def test_every_dependency_is_pinned_exactly():
 
 
 def test_floor_check_would_catch_an_old_pin():
-    assert implied_minimum(Requirement("mlflow==2.9.2")) < Version(FLOORS["mlflow"])
-    assert implied_minimum(Requirement("torch>=2.1,<3")) < Version(FLOORS["torch"])
+    # both have a lower bound: a Version, not None
+    assert cast(Version, implied_minimum(Requirement("mlflow==2.9.2"))) < Version(FLOORS["mlflow"])
+    assert cast(Version, implied_minimum(Requirement("torch>=2.1,<3"))) < Version(FLOORS["torch"])
     assert implied_minimum(Requirement("torch<3")) is None
 
 
 def test_installed_versions_are_the_pins():
     from importlib.metadata import version
+
     for name, req in pinned().items():
         assert req.specifier.contains(version(name).split("+")[0]), (name, version(name))

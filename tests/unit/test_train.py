@@ -1,13 +1,15 @@
 """Training loop: a step learns, seeds make runs bit-identical, divergence is caught, optimizers get their settings."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from mnist_softmax.evaluate import predict
-from mnist_softmax.model import MLP
-from mnist_softmax.train import EpochResult, NonFiniteLoss, make_optimizer, train, train_epoch
+from mnist_softmax.core.evaluate import predict
+from mnist_softmax.core.history import EpochResult
+from mnist_softmax.core.model import MLP
+from mnist_softmax.core.train import NonFiniteLoss, make_optimizer, train, train_epoch
 from tests.synthetic import normalized
 
 
@@ -17,14 +19,31 @@ def data(tiny_split):
     return normalized(tr_x, 0.13, 0.3), tr_y, normalized(te_x, 0.13, 0.3), te_y
 
 
-def run_training(data, *, init_seed: int, shuffle_seed: int, lr: float = 0.05, epochs: int = 2,
-                 optimizer: str = "sgd"):
+def run_training(
+    data,
+    *,
+    init_seed: int,
+    shuffle_seed: int,
+    lr: float = 0.05,
+    epochs: int = 2,
+    optimizer: str = "sgd",
+):
     tr_x, tr_y, te_x, te_y = data
     torch.manual_seed(init_seed)
     model = MLP(784, [32, 16], 10, "relu")
     opt = make_optimizer(model, optimizer, lr, 0.9, (0.9, 0.999), 0.0)
-    history = train(model, tr_x, tr_y, te_x, te_y, epochs=epochs, batch_size=32, eval_batch_size=50,
-                    optimizer=opt, generator=torch.Generator().manual_seed(shuffle_seed))
+    history = train(
+        model,
+        tr_x,
+        tr_y,
+        te_x,
+        te_y,
+        epochs=epochs,
+        batch_size=32,
+        eval_batch_size=50,
+        optimizer=opt,
+        generator=torch.Generator().manual_seed(shuffle_seed),
+    )
     return model, history
 
 
@@ -70,8 +89,9 @@ def test_same_seed_gives_bit_identical_weights(data, optimizer):
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
-    assert [(h.train_loss, h.test_loss, h.test_accuracy) for h in ha] == \
-           [(h.train_loss, h.test_loss, h.test_accuracy) for h in hb]
+    assert [(h.train_loss, h.test_loss, h.test_accuracy) for h in ha] == [
+        (h.train_loss, h.test_loss, h.test_accuracy) for h in hb
+    ]
 
 
 def _differs(m1, m2) -> bool:
@@ -92,14 +112,25 @@ def test_shuffle_seed_alone_changes_the_result(data):
 
 
 def test_huge_learning_rate_raises_non_finite_loss(data):
-    seen = []
+    seen: list[EpochResult] = []
     with pytest.raises(NonFiniteLoss, match=r"epoch 1: training loss is (nan|inf)") as err:
         tr_x, tr_y, te_x, te_y = data
         torch.manual_seed(0)
         model = MLP(784, [32, 16], 10, "relu")
         opt = make_optimizer(model, "sgd", 1.0e6, 0.9, (0.9, 0.999), 0.0)
-        train(model, tr_x, tr_y, te_x, te_y, epochs=3, batch_size=32, eval_batch_size=50, optimizer=opt,
-              generator=torch.Generator().manual_seed(0), on_epoch=seen.append)
+        train(
+            model,
+            tr_x,
+            tr_y,
+            te_x,
+            te_y,
+            epochs=3,
+            batch_size=32,
+            eval_batch_size=50,
+            optimizer=opt,
+            generator=torch.Generator().manual_seed(0),
+            on_epoch=seen.append,
+        )
     assert "train.lr" in str(err.value)
     assert seen == []  # the diverged epoch is never reported
     assert not all(torch.isfinite(p).all() for p in model.parameters())  # it really diverged
@@ -153,8 +184,14 @@ def test_epoch_loss_is_the_mean_per_sample_loss_and_the_step_is_torch_sgd(data):
         return MLP(784, [32, 16], 10, "relu")
 
     ours = fresh()
-    loss = train_epoch(ours, tr_x, tr_y, batch_size=32, generator=torch.Generator().manual_seed(5),
-                       optimizer=make_optimizer(ours, "sgd", 0.05, 0.5, (0.9, 0.999), 1e-4))
+    loss = train_epoch(
+        ours,
+        tr_x,
+        tr_y,
+        batch_size=32,
+        generator=torch.Generator().manual_seed(5),
+        optimizer=make_optimizer(ours, "sgd", 0.05, 0.5, (0.9, 0.999), 1e-4),
+    )
     ref = fresh()
     opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.5, weight_decay=1e-4)
     total = 0.0

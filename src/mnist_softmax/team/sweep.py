@@ -2,144 +2,35 @@
 number of workers, on any number of machines, each in its own clone, share. Each trial is a real DVC
 experiment (`dvc exp run --temp -n STUDY-N -S ...`) with its own MLflow run, a child of the study's run.
 
-    python -m mnist_softmax.sweep sweep.yaml [--storage URL] [--push origin]
+    python -m mnist_softmax.team.sweep sweep.yaml [--storage URL] [--push origin]
 
-The sweep file names the study, the objective (a metric of the evaluate stage's metrics file and its
-direction), the trial budget (trials that complete or are pruned), the search space over params.yaml keys
-and, optionally, pruning on the per-epoch metric. It is validated like params.yaml: every value of the space
-must be one params.yaml accepts. Storage: --storage, else $OPTUNA_STORAGE, else sqlite:///optuna.db in the
-project root. With --push, each finished experiment is pushed (`dvc exp push --run-cache`): its git ref to
-that git remote, its data and run-cache to the DVC remote, so every machine's `dvc exp show` sees every trial.
+The sweep file (sweep_file.py) names the study, the objective, the budget and the search space. Storage:
+--storage, else $OPTUNA_STORAGE, else sqlite:///optuna.db in the project root. With --push, each finished
+experiment is pushed (`dvc exp push --run-cache`): its git ref to that git remote, its data and run-cache to
+the DVC remote, so every machine's `dvc exp show` sees every trial.
 """
+
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Annotated, Literal
-
-from pydantic import Field, model_validator
+from collections.abc import Sequence
 
 from mnist_softmax.cli import StageError, run
-from mnist_softmax.params import (ParamsError, StrictModel, flatten, load_params, parse_params, read_yaml,
-                                  validate)
-from mnist_softmax.tracking import PARENT_RUN_ENV, STUDY_ENV, TRIAL_ENV, project_root
+from mnist_softmax.core.history import parse_epoch_line
+from mnist_softmax.core.params import load_params
+from mnist_softmax.core.settings import read_yaml
+from mnist_softmax.team.sweep_file import SweepFile, load_sweep, metric_of, refused, suggest
+from mnist_softmax.tracking.context import PARENT_RUN_ENV, STUDY_ENV, TRIAL_ENV, project_root
 
-EPOCH_LINE = re.compile(r"^epoch +(\d+)/\d+ +train_loss \S+ +test_loss (\S+) +test_accuracy (\S+)%")
-PER_EPOCH = {"test_accuracy", "test_loss"}  # what the train stage prints every epoch (pruning reports it)
 WAIT_S = 5  # between looks at the other workers' trials
 MAX_FAILURES = 3  # trials of one worker failed in a row: it stops
-
-
-class FloatRange(StrictModel):
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-
-
-class IntRange(StrictModel):
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(default=1, ge=1)
-    log: bool = False
-
-
-class Categorical(StrictModel):
-    type: Literal["categorical"]
-    choices: Annotated[list[str | int | float | bool], Field(min_length=1, max_length=100)]
-
-
-class Objective(StrictModel):
-    metric: str = Field(pattern=r"^[\w.-]+$")  # a key of metrics/eval.json; dots go into its mappings
-    direction: Literal["maximize", "minimize"]
-
-
-class Pruning(StrictModel):
-    warmup_epochs: int = Field(ge=0, le=1000)  # epochs every trial runs before it may be pruned
-
-
-class SweepFile(StrictModel):
-    study: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")  # also the prefix of its DVC experiments' names
-    objective: Objective
-    trials: int = Field(ge=1, le=10_000)
-    space: Annotated[dict[str, Annotated[FloatRange | IntRange | Categorical, Field(discriminator="type")]],
-                     Field(min_length=1, max_length=50)]
-    pruning: Pruning | None = None
-
-    @model_validator(mode="after")
-    def _ranges(self):
-        for key, dim in self.space.items():
-            if not isinstance(dim, Categorical) and not dim.low < dim.high:
-                raise ValueError(f"space.{key}: low must be below high")
-        if self.pruning and self.objective.metric not in PER_EPOCH:
-            raise ValueError(f"pruning needs an objective the train stage reports every epoch"
-                             f" ({' | '.join(sorted(PER_EPOCH))}), not {self.objective.metric}")
-        return self
-
-
-def load_sweep(path: str | Path, params_path: str | Path) -> SweepFile:
-    """The sweep file, validated; each key of its space must be a params.yaml key, and its bounds and choices
-    values params.yaml accepts there."""
-    sweep = validate(SweepFile, read_yaml(path), str(path))
-    raw = read_yaml(params_path)
-    keys = flatten(parse_params(raw, str(params_path)))
-    problems = []
-    for key, dim in sweep.space.items():
-        if key not in keys:
-            problems.append(f"space.{key}: not a key of {params_path}")
-            continue
-        for value in dim.choices if isinstance(dim, Categorical) else (dim.low, dim.high):
-            if why := refused(raw, key, value):
-                problems.append(f"space.{key} = {value!r}: params.yaml would refuse it ({why})")
-    if problems:
-        raise ParamsError(f"{path} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
-    return sweep
-
-
-def refused(raw: dict, key: str, value) -> str | None:
-    """Why params.yaml's `raw` with `key` set to `value` is invalid, or None when it is fine."""
-    tried = copy.deepcopy(raw)
-    *parents, last = key.split(".")
-    node = tried
-    for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict) or last not in node:
-        return f"{key} is not a key of params.yaml"
-    node[last] = value
-    try:
-        parse_params(tried)
-    except ParamsError as e:
-        return str(e).splitlines()[1].removeprefix("  - ")
-    return None
-
-
-def suggest(trial, sweep: SweepFile) -> dict:
-    values = {}
-    for key, dim in sweep.space.items():
-        if isinstance(dim, FloatRange):
-            values[key] = trial.suggest_float(key, dim.low, dim.high, log=dim.log)
-        elif isinstance(dim, IntRange):
-            values[key] = trial.suggest_int(key, dim.low, dim.high, step=dim.step, log=dim.log)
-        else:
-            values[key] = trial.suggest_categorical(key, dim.choices)
-    return values
-
-
-def metric_of(metrics: dict, dotted: str) -> float:
-    node = metrics
-    for part in dotted.split("."):
-        node = node[part]
-    return float(node)
 
 
 def default_storage() -> str:
@@ -151,10 +42,15 @@ def open_storage(url: str, heartbeat_s: int):
     the next worker that asks for a trial. Workers opening an empty database at once race on creating its
     tables: the losers wait and try again."""
     import optuna
+
     for attempt in range(10):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=4 * heartbeat_s,
-                                              failed_trial_callback=_end_trial_run)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=heartbeat_s,
+                grace_period=4 * heartbeat_s,
+                failed_trial_callback=_end_trial_run,
+            )
         except Exception:  # sqlalchemy's IntegrityError / ProgrammingError from the racing CREATEs
             if attempt == 9:
                 raise
@@ -163,7 +59,8 @@ def open_storage(url: str, heartbeat_s: int):
 
 def _end_trial_run(study, trial) -> None:
     """A stale trial was failed: so is its MLflow run, if its stage's guard has not done it."""
-    from mnist_softmax.mlflow_tracker import end_trial_runs
+    from mnist_softmax.tracking.studies import end_trial_runs
+
     end_trial_runs(study.study_name, trial.number, "its worker stopped (no Optuna heartbeat)")
 
 
@@ -171,13 +68,23 @@ def open_study(storage, sweep: SweepFile, experiment: str):
     """(study, parent MLflow run id). The worker that creates the study also opens its MLflow run; the others
     wait for it to be named in the study's user attrs."""
     import optuna
-    from mnist_softmax.mlflow_tracker import open_study_run
+
+    from mnist_softmax.tracking.studies import open_study_run
+
     sampler = optuna.samplers.TPESampler(seed=None)
-    pruner = (optuna.pruners.MedianPruner(n_warmup_steps=sweep.pruning.warmup_epochs) if sweep.pruning
-              else optuna.pruners.NopPruner())
+    pruner = (
+        optuna.pruners.MedianPruner(n_warmup_steps=sweep.pruning.warmup_epochs)
+        if sweep.pruning
+        else optuna.pruners.NopPruner()
+    )
     try:
-        study = optuna.create_study(storage=storage, study_name=sweep.study, direction=sweep.objective.direction,
-                                    sampler=sampler, pruner=pruner)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=sweep.study,
+            direction=sweep.objective.direction,
+            sampler=sampler,
+            pruner=pruner,
+        )
         study.set_user_attr("mlflow_parent_run", open_study_run(experiment, sweep.study, sweep.trials))
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=sweep.study, sampler=sampler, pruner=pruner)
@@ -192,27 +99,48 @@ def open_study(storage, sweep: SweepFile, experiment: str):
 def counts(study) -> tuple[int, int]:
     """(trials done: complete or pruned, trials running)."""
     from optuna.trial import TrialState
+
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    return (sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
-            states.count(TrialState.RUNNING))
+    return (
+        sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
+        states.count(TrialState.RUNNING),
+    )
 
 
 class Worker:
-    def __init__(self, sweep: SweepFile, study, parent_run: str, push: str | None, fixed: list[str] = (),
-                 log=print):
-        self.sweep, self.study, self.parent_run, self.push, self.log = sweep, study, parent_run, push, log
+    def __init__(
+        self,
+        sweep: SweepFile,
+        study,
+        parent_run: str,
+        push: str | None,
+        fixed: Sequence[str] = (),
+        log=print,
+    ):
+        self.sweep, self.study, self.parent_run, self.push, self.log = (
+            sweep,
+            study,
+            parent_run,
+            push,
+            log,
+        )
         self.fixed = list(fixed)  # KEY=VALUE for every trial
         self.failures, self.last_failure = 0, ""  # trials failed in a row, the last one's reason
 
     def within_budget(self, trial) -> bool:
         """Whether `trial` is one of the budget's: the budget counts done and running trials in the order the
-        storage numbered them, so workers asking at the same moment cannot overshoot it."""
+        storage numbered them, so workers asking at the same moment cannot overshoot it. (Optuna's
+        MaxTrialsCallback counts only ended trials, after each one: N workers overshoot it by up to N - 1.)"""
         import optuna
         from optuna.trial import TrialState
+
         while True:
             optuna.storages.fail_stale_trials(self.study)
-            ahead = [t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number and t.state in
-                     (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
+            ahead = [
+                t
+                for t in self.study.get_trials(deepcopy=False)
+                if t.number < trial.number and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            ]
             if len(ahead) < self.sweep.trials:
                 return True
             if all(t.state != TrialState.RUNNING for t in ahead):
@@ -221,6 +149,7 @@ class Worker:
 
     def objective(self, trial) -> float:
         import optuna
+
         if not self.within_budget(trial):
             trial.set_user_attr("excess", True)
             self.study.stop()
@@ -229,20 +158,39 @@ class Worker:
         name = f"{self.sweep.study}-{trial.number}"
         trial.set_user_attr("dvc_exp", name)
         self.log(f"sweep: trial {trial.number}: {name} " + " ".join(f"{k}={v}" for k, v in values.items()))
-        env = {**os.environ, STUDY_ENV: self.sweep.study, TRIAL_ENV: str(trial.number),
-               PARENT_RUN_ENV: self.parent_run}
+        env = {
+            **os.environ,
+            STUDY_ENV: self.sweep.study,
+            TRIAL_ENV: str(trial.number),
+            PARENT_RUN_ENV: self.parent_run,
+        }
         settings = [*self.fixed, *(f"{k}={v}" for k, v in values.items())]
-        args = ["dvc", "exp", "run", "--temp", "-n", name, *[x for kv in settings for x in ("-S", kv)]]
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)  # its own group: pruning interrupts all of it
-        pruned, tail = False, []
+        args = [
+            "dvc",
+            "exp",
+            "run",
+            "--temp",
+            "-n",
+            name,
+            *[x for kv in settings for x in ("-S", kv)],
+        ]
+        proc = subprocess.Popen(
+            args,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )  # its own group: pruning interrupts all of it
+        pruned = False
+        tail: list[str] = []
+        assert proc.stdout is not None  # stdout=PIPE
         try:
             for line in proc.stdout:
-                tail = (tail + [line])[-40:]
-                m = EPOCH_LINE.match(line)
-                if m and self.sweep.pruning:
-                    loss, accuracy = float(m.group(2)), float(m.group(3)) / 100
-                    trial.report(accuracy if self.sweep.objective.metric == "test_accuracy" else loss, int(m.group(1)))
+                tail = ([*tail, line])[-40:]
+                epoch = parse_epoch_line(line)
+                if epoch and self.sweep.pruning:
+                    trial.report(epoch[1][self.sweep.objective.metric], epoch[0])
                     if trial.should_prune():
                         pruned = True
                         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the stage ends its run KILLED
@@ -258,8 +206,11 @@ class Worker:
             raise self.failure(f"{name} failed (exit {proc.returncode}):\n{''.join(tail)}")
         value = metric_of(self._metrics(name), self.sweep.objective.metric)
         if self.push:
-            done = subprocess.run(["dvc", "exp", "push", "--run-cache", self.push, name], capture_output=True,
-                                  text=True)
+            done = subprocess.run(
+                ["dvc", "exp", "push", "--run-cache", self.push, name],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 raise self.failure(f"dvc exp push {self.push} {name} failed: {done.stdout}{done.stderr}")
         self.log(f"sweep: trial {trial.number}: {self.sweep.objective.metric} = {value}")
@@ -285,8 +236,10 @@ class Worker:
         worker died is failed once its heartbeat is stale), waiting meanwhile while other workers' trials it
         may still need are running."""
         import optuna
-        from mnist_softmax.mlflow_tracker import finish_study_run, mark_best
         from optuna.trial import TrialState
+
+        from mnist_softmax.tracking.studies import finish_study_run, mark_best
+
         if frozen.state == TrialState.COMPLETE and study.best_trial.number == frozen.number:
             mark_best(self.parent_run, study.study_name, frozen.number, frozen.value)
         failed = frozen.state == TrialState.FAIL and not frozen.user_attrs.get("excess")
@@ -314,17 +267,33 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep", help="the sweep file (YAML)")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--storage", default=None, help="Optuna's RDB storage URL (default: $OPTUNA_STORAGE, else"
-                                                   " sqlite:///optuna.db in the project root)")
-    ap.add_argument("--push", metavar="GIT_REMOTE", help="push each finished experiment there (and to the DVC"
-                                                         " remote, with its run-cache)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a param fixed for every trial of this worker (as dvc exp run -S)")
-    ap.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's heartbeats; a trial"
-                                                             " is failed after 4 missed")
+    ap.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna's RDB storage URL (default: $OPTUNA_STORAGE, else sqlite:///optuna.db in the project root)",
+    )
+    ap.add_argument(
+        "--push",
+        metavar="GIT_REMOTE",
+        help="push each finished experiment there (and to the DVC remote, with its run-cache)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a param fixed for every trial of this worker (as dvc exp run -S)",
+    )
+    ap.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        help="seconds between a trial's heartbeats; a trial is failed after 4 missed",
+    )
     args = ap.parse_args(argv)
     sweep = load_sweep(args.sweep, args.params)
     from ruamel.yaml import YAML
+
     raw = read_yaml(args.params)
     for setting in args.set:  # read as DVC reads -S values
         key, _, text = setting.partition("=")
@@ -333,21 +302,25 @@ def main(argv=None) -> None:
     import warnings
 
     import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
     experiment = load_params(args.params).tracking.experiment
     storage = open_storage(args.storage or default_storage(), args.heartbeat)
     study, parent = open_study(storage, sweep, experiment)
     worker = Worker(sweep, study, parent, args.push, args.set)
-    from mnist_softmax.mlflow_tracker import study_heartbeat
+    from mnist_softmax.tracking.studies import study_heartbeat
+
     with study_heartbeat(parent):
         study.optimize(worker.objective, callbacks=[worker.after_trial], catch=(Excess, StageError))
     if worker.failures >= MAX_FAILURES:
         raise StageError(f"{MAX_FAILURES} trials in a row failed; the last: {worker.last_failure}")
     done, _ = counts(study)
     best = study.best_trial if done else None
-    print(f"sweep: study {sweep.study}: {done} of {sweep.trials} trials done"
-          + (f"; best: trial {best.number}, {sweep.objective.metric} = {best.value}, {best.params}" if best else ""))
+    print(
+        f"sweep: study {sweep.study}: {done} of {sweep.trials} trials done"
+        + (f"; best: trial {best.number}, {sweep.objective.metric} = {best.value}, {best.params}" if best else "")
+    )
 
 
 if __name__ == "__main__":

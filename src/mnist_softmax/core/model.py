@@ -1,10 +1,11 @@
 """The course's softmax classifier: an MLP with raw logits out (CrossEntropyLoss applies the softmax)."""
+
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from mnist_softmax.fileio import atomic_path
-from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
@@ -26,8 +27,12 @@ class MLP(nn.Module):
 
 def architecture(in_features: int, hidden_sizes, num_classes: int, activation: str) -> dict:
     """The arguments of MLP as plain data, stored beside the weights so a model file rebuilds itself."""
-    return {"in_features": in_features, "hidden_sizes": list(hidden_sizes),
-            "num_classes": num_classes, "activation": activation}
+    return {
+        "in_features": in_features,
+        "hidden_sizes": list(hidden_sizes),
+        "num_classes": num_classes,
+        "activation": activation,
+    }
 
 
 def build(arch: dict) -> MLP:

@@ -2,13 +2,14 @@
 move an alias (default `champion`) to that version, on whatever store MLFLOW_TRACKING_URI names (the SQLite
 default or the team's server). Then `mlflow models serve -m models:/<name>@<alias>` serves it.
 
-    python -m mnist_softmax.promote EXPERIMENT [--alias champion] [--name mnist-softmax]
+    python -m mnist_softmax.team.promote EXPERIMENT [--alias champion] [--name mnist-softmax]
 """
+
 import argparse
 import sys
 
 from mnist_softmax.cli import run
-from mnist_softmax.params import load_params
+from mnist_softmax.core.params import load_params
 
 
 def main(argv=None):
@@ -19,7 +20,8 @@ def main(argv=None):
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     experiment = load_params(args.params).tracking.experiment
-    from mnist_softmax.mlflow_tracker import promote
+    from mnist_softmax.tracking.registry import promote
+
     name = args.name or experiment
     version, run_id = promote(experiment, args.experiment, name, args.alias)
     print(f"promote: {args.experiment} (run {run_id}) is version {version} of {name}; {args.alias} -> {version}")

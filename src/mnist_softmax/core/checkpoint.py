@@ -4,12 +4,14 @@ It holds the state after the last completed epoch: model and optimizer state, th
 torch's global RNG state, the history so far, and the MLflow run id of the training that wrote it. Resuming
 from it gives weights and history byte-identical to an uninterrupted run (same params, data, code, threads).
 
-A fingerprint of everything that shapes training (params seed/model/train, the prepared data files' SHA-256,
-the training code's SHA-256, torch version, device) is stored with it, and the file starts with the SHA-256
+A fingerprint of everything that can shape training (every param, the prepared data files' SHA-256, the
+SHA-256 of the course's code in this folder and of the stage's, torch version, device: a new param or module
+is in it by itself) is stored with it, and the file starts with the SHA-256
 of the rest: a checkpoint that is damaged (one flipped bit), has another fingerprint, cannot be read, or
 does not fit the model and optimizer is ignored with a message, and training starts from epoch 1. It is
 loaded with weights_only=True (loading runs no code). The training stage deletes it after a successful run.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,36 +22,50 @@ from pathlib import Path
 
 import torch
 
-import mnist_softmax.evaluate
-import mnist_softmax.model
-import mnist_softmax.train
+from mnist_softmax.core.history import EpochResult
+from mnist_softmax.core.params import Params, flatten
 from mnist_softmax.fileio import atomic_path, sha256_file
-from mnist_softmax.params import Params, flatten
-from mnist_softmax.train import EpochResult
 
 FORMAT = 2
 MAGIC = b"mnist-softmax checkpoint\n"  # then the payload's SHA-256 in hex and a newline, then the payload
-SECTIONS = ("model.", "train.")  # and the top-level seed
+CORE_CODE = sorted(Path(__file__).parent.glob("*.py"))
 
 
 def fingerprint(params: Params, data_dir: str | Path, code_files, device) -> str:
-    """SHA-256 over the params sections seed/model/train, the data and code files' SHA-256, torch and device."""
-    settings = {k: v for k, v in flatten(params).items() if k == "seed" or k.startswith(SECTIONS)}
-    data = {p.name: sha256_file(p) for p in sorted(Path(data_dir).iterdir())
-            if p.is_file() and not p.name.startswith(".")}
+    """SHA-256 over every param, the data and code files' SHA-256, torch and device."""
+    settings = flatten(params)
+    data = {
+        p.name: sha256_file(p) for p in sorted(Path(data_dir).iterdir()) if p.is_file() and not p.name.startswith(".")
+    }
     code = [sha256_file(f) for f in code_files]  # in the caller's order (two of them are named train.py)
-    blob = json.dumps({"format": FORMAT, "settings": settings, "data": data, "code": code,
-                       "torch": torch.__version__, "device": str(device)}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "format": FORMAT,
+            "settings": settings,
+            "data": data,
+            "code": code,
+            "torch": torch.__version__,
+            "device": str(device),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class Checkpoint:
     """The checkpoint file of one training: resume from it, save after each epoch, remove when done."""
 
-    def __init__(self, path: str | Path, params: Params, data_dir: str | Path, device, code_files=(), log=print):
+    def __init__(
+        self,
+        path: str | Path,
+        params: Params,
+        data_dir: str | Path,
+        device,
+        code_files=(),
+        log=print,
+    ):
         self.path, self.log = Path(path), log
-        code = [*code_files, mnist_softmax.train.__file__, mnist_softmax.evaluate.__file__,
-                mnist_softmax.model.__file__, __file__]
+        code = [*code_files, *CORE_CODE]
         self.fingerprint = fingerprint(params, data_dir, code, device)
 
     def resume(self, model, optimizer, generator: torch.Generator) -> tuple[list[EpochResult], dict[str, str]]:
@@ -60,27 +76,60 @@ class Checkpoint:
         try:
             history = restore(state, model, optimizer, generator)
         except Exception as e:  # well-formed and fingerprinted, but not a state this training can take
-            self.log(f"train: ignoring checkpoint {self.path}: it does not fit this training"
-                     f" ({type(e).__name__}: {e}); starting at epoch 1")
+            self.log(
+                f"train: ignoring checkpoint {self.path}: it does not fit this training"
+                f" ({type(e).__name__}: {e}); starting at epoch 1"
+            )
             return [], {}
-        self.log(f"train: resuming from checkpoint {self.path}: epochs 1..{state['epoch']} done"
-                 f" (MLflow run {state['run_id'] or '-'})")
-        return history, {"resumed_from_run": state["run_id"], "resumed_from_epoch": str(state["epoch"])}
+        self.log(
+            f"train: resuming from checkpoint {self.path}: epochs 1..{state['epoch']} done"
+            f" (MLflow run {state['run_id'] or '-'})"
+        )
+        return history, {
+            "resumed_from_run": state["run_id"],
+            "resumed_from_epoch": str(state["epoch"]),
+        }
 
-    def save(self, model, optimizer, generator: torch.Generator, history: list[EpochResult],
-             run_id: str | None) -> None:
-        save(self.path, fingerprint=self.fingerprint, epoch=history[-1].epoch, model=model, optimizer=optimizer,
-             generator=generator, history=[h.as_dict() for h in history], run_id=run_id)
+    def save(
+        self,
+        model,
+        optimizer,
+        generator: torch.Generator,
+        history: list[EpochResult],
+        run_id: str | None,
+    ) -> None:
+        save(
+            self.path,
+            fingerprint=self.fingerprint,
+            epoch=history[-1].epoch,
+            model=model,
+            optimizer=optimizer,
+            generator=generator,
+            history=[h.as_dict() for h in history],
+            run_id=run_id,
+        )
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
-def save(path: str | Path, *, fingerprint: str, epoch: int, model, optimizer, generator: torch.Generator,
-         history: list[dict], run_id: str | None) -> None:
+def save(
+    path: str | Path,
+    *,
+    fingerprint: str,
+    epoch: int,
+    model,
+    optimizer,
+    generator: torch.Generator,
+    history: list[dict],
+    run_id: str | None,
+) -> None:
     """Write the state after `epoch` atomically: a crash leaves the previous checkpoint, never half of one."""
     state = {
-        "format": FORMAT, "fingerprint": fingerprint, "epoch": epoch, "run_id": run_id or "",
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "epoch": epoch,
+        "run_id": run_id or "",
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
@@ -112,8 +161,10 @@ def load(path: str | Path, fingerprint: str, log=print) -> dict | None:
         log(f"train: ignoring checkpoint {path}: not a checkpoint of this pipeline; starting at epoch 1")
         return None
     if state.get("fingerprint") != fingerprint:
-        log(f"train: ignoring checkpoint {path}: it was made with other params, data or code"
-            f" (fingerprint {str(state.get('fingerprint'))[:12]}, now {fingerprint[:12]}); starting at epoch 1")
+        log(
+            f"train: ignoring checkpoint {path}: it was made with other params, data or code"
+            f" (fingerprint {str(state.get('fingerprint'))[:12]}, now {fingerprint[:12]}); starting at epoch 1"
+        )
         return None
     return state
 
@@ -121,8 +172,12 @@ def load(path: str | Path, fingerprint: str, log=print) -> dict | None:
 def restore(state: dict, model, optimizer, generator: torch.Generator) -> list[EpochResult]:
     """Put model, optimizer and both RNGs back to where the checkpointed epoch left them; the history so far.
     All or nothing: if any part does not fit, everything is put back as it was and the error raised."""
-    before = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), generator.get_state(),
-              torch.get_rng_state())
+    before = (
+        copy.deepcopy(model.state_dict()),
+        copy.deepcopy(optimizer.state_dict()),
+        generator.get_state(),
+        torch.get_rng_state(),
+    )
     try:
         history = [EpochResult(**h) for h in state["history"]]
         if [h.epoch for h in history] != list(range(1, state["epoch"] + 1)):
@@ -133,8 +188,10 @@ def restore(state: dict, model, optimizer, generator: torch.Generator) -> list[E
             for param in group["params"]:
                 for name, value in optimizer.state[param].items():
                     if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
-                        raise ValueError(f"optimizer state {name} of shape {list(value.shape)} for a parameter"
-                                         f" of shape {list(param.shape)}")
+                        raise ValueError(
+                            f"optimizer state {name} of shape {list(value.shape)} for a parameter"
+                            f" of shape {list(param.shape)}"
+                        )
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         return history
@@ -144,4 +201,3 @@ def restore(state: dict, model, optimizer, generator: torch.Generator) -> list[E
         generator.set_state(before[2])
         torch.set_rng_state(before[3])
         raise
-

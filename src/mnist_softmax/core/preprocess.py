@@ -3,14 +3,16 @@
 The arithmetic is torchvision's, in the same float32 order (ToTensor: x / 255; Normalize: (x - mean) / std),
 so the bytes equal what torchvision computes (a unit test compares them).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
-from mnist_softmax.datasets import DatasetSpec
-from mnist_softmax.idx import read_split
+from mnist_softmax.core.datasets import DatasetSpec
+from mnist_softmax.core.idx import read_split
 
 PIXEL_MAX = np.float32(255.0)
 
@@ -36,14 +38,21 @@ def load_raw(spec: DatasetSpec, raw_dir: Path):
     """(train_images, train_labels, test_images, test_labels) as uint8 / int64 arrays, strictly parsed."""
     raw_dir = Path(raw_dir)
     f = spec.files
-    kw = dict(image_shape=spec.image_shape, num_classes=len(spec.classes))
+    kw: dict[str, Any] = dict(image_shape=spec.image_shape, num_classes=len(spec.classes))
     train = read_split(raw_dir / f["train_images"], raw_dir / f["train_labels"], **kw)
     test = read_split(raw_dir / f["test_images"], raw_dir / f["test_labels"], **kw)
     return (*train, *test)
 
 
-
-def normalization(mean: float | str, std: float | str, train_unit: np.ndarray) -> tuple[float, float]:
+def normalization(
+    mean: float | Literal["auto"], std: float | Literal["auto"], train_unit: np.ndarray
+) -> tuple[float, float]:
     """The mean and std to normalize with: the params' numbers, or for `auto` the training split's own."""
     auto_mean, auto_std = dataset_stats(train_unit) if "auto" in (mean, std) else (None, None)
-    return (auto_mean if mean == "auto" else mean), (auto_std if std == "auto" else std)
+    if mean == "auto":
+        assert auto_mean is not None  # computed above: "auto" is one of the two
+        mean = auto_mean
+    if std == "auto":
+        assert auto_std is not None
+        std = auto_std
+    return mean, std

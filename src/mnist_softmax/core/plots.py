@@ -1,4 +1,5 @@
 """The PNG figures, from numpy arrays. matplotlib's object API (no pyplot): no global state, no display needed."""
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,15 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
     for i in range(k):
         for j in range(k):
             value = int(counts[i, j])
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                    color="white" if counts[i, j] > counts.max() / 3 else "black")
+            ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if counts[i, j] > counts.max() / 3 else "black",
+            )
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
     ax.set_yticks(range(k), classes)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test set)")
@@ -52,8 +60,15 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
     _save(fig, path, dpi)
 
 
-def misclassified_grid(images: np.ndarray, true: list[int], predicted: list[int], classes: list[str],
-                       path: Path, dpi: int, limit: int) -> None:
+def misclassified_grid(
+    images: np.ndarray,
+    true: list[int],
+    predicted: list[int],
+    classes: list[str],
+    path: Path,
+    dpi: int,
+    limit: int,
+) -> None:
     """The first `limit` test images the model got wrong, in test-set order, with true/predicted labels.
     Drawn as one mosaic image in one axes: an axes per digit is far slower to lay out."""
     wrong = [i for i, (t, p) in enumerate(zip(true, predicted)) if t != p][:limit]
@@ -67,9 +82,15 @@ def misclassified_grid(images: np.ndarray, true: list[int], predicted: list[int]
     ax.axis("off")
     for n, i in enumerate(wrong):
         top, left = (n // cols) * cell_h, (n % cols) * cell_w + 2
-        mosaic[top:top + height, left:left + width] = images[i]
-        ax.text(left + width / 2, top + height + 1, f"true {classes[true[i]]}\npred {classes[predicted[i]]}",
-                ha="center", va="top", fontsize=7)
+        mosaic[top : top + height, left : left + width] = images[i]
+        ax.text(
+            left + width / 2,
+            top + height + 1,
+            f"true {classes[true[i]]}\npred {classes[predicted[i]]}",
+            ha="center",
+            va="top",
+            fontsize=7,
+        )
     ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     fig.suptitle(f"Misclassified test images ({len(wrong)} shown)" if wrong else "No misclassified test images")
     _save(fig, path, dpi)

@@ -1,4 +1,5 @@
 """Evaluation: a model's predictions on a split, and the final numbers made from them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,12 +22,16 @@ def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, bat
     was_training = model.training
     model.eval()
     try:
-        logits = torch.cat([model(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+        logits = torch.cat([model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
     finally:
         model.train(was_training)
     predicted = logits.argmax(dim=1)
-    return Prediction(loss=float(nn.functional.cross_entropy(logits, labels)),
-                      accuracy=float((predicted == labels).float().mean()), predicted=predicted, logits=logits)
+    return Prediction(
+        loss=float(nn.functional.cross_entropy(logits, labels)),
+        accuracy=float((predicted == labels).float().mean()),
+        predicted=predicted,
+        logits=logits,
+    )
 
 
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -53,5 +58,8 @@ def evaluation_summary(loss: float, accuracy: float, confusion: torch.Tensor, cl
 
 def summary_metrics(summary: dict) -> dict[str, float]:
     """The metrics file as the MLflow run's final_* metrics."""
-    return {"final_test_accuracy": summary["test_accuracy"], "final_test_loss": summary["test_loss"],
-            **{f"final_class_accuracy.{name}": acc for name, acc in summary["per_class_accuracy"].items()}}
+    return {
+        "final_test_accuracy": summary["test_accuracy"],
+        "final_test_loss": summary["test_loss"],
+        **{f"final_class_accuracy.{name}": acc for name, acc in summary["per_class_accuracy"].items()},
+    }

@@ -1,4 +1,5 @@
 """Strict reader for the IDX format of the MNIST files (http://yann.lecun.com/exdb/mnist/)."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,10 @@ def parse_idx(data: bytes, *, ndim: int, name: str) -> np.ndarray:
     if len(data) < 4:
         raise IdxError(f"{name}: {len(data)} bytes, too short for an IDX header")
     if data[0:2] != b"\x00\x00":
-        raise IdxError(f"{name}: bad magic number 0x{data[:4].hex()} (an IDX file starts with two zero bytes;"
-                       " is it still gzip-compressed or an HTML page?)")
+        raise IdxError(
+            f"{name}: bad magic number 0x{data[:4].hex()} (an IDX file starts with two zero bytes;"
+            " is it still gzip-compressed or an HTML page?)"
+        )
     if data[2] != UBYTE:
         raise IdxError(f"{name}: element type 0x{data[2]:02x}, expected 0x08 (unsigned byte)")
     if data[3] != ndim:
@@ -34,8 +37,10 @@ def parse_idx(data: bytes, *, ndim: int, name: str) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected = header + math.prod(dims)
     if len(data) != expected:
-        raise IdxError(f"{name}: {len(data)} bytes, but its header {list(dims)} needs {expected}"
-                       f" ({'truncated' if len(data) < expected else 'trailing bytes'})")
+        raise IdxError(
+            f"{name}: {len(data)} bytes, but its header {list(dims)} needs {expected}"
+            f" ({'truncated' if len(data) < expected else 'trailing bytes'})"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 

@@ -1,0 +1,222 @@
+"""The run lifecycle: how a run's status follows its stages, and why no run stays RUNNING once its process is
+gone. docs/architecture.md draws it; every rule is here.
+
+A run belongs to one training. Each stage that works on it (train, and evaluate / plot attached to it) is an
+*attempt*, recorded in the tag `pipeline.stage.<stage>`:
+
+    RUNNING --(block returns)--------------------> FINISHED
+            --(exception)------------------------> FAILED   (reason in .reason and pipeline.end_reason)
+            --(Ctrl-C, SIGTERM)------------------> KILLED
+            --(process gone, seen by its guard)--> FAILED   ("ended without closing the run"), or the outcome
+                                                    the stage could not write itself (store busy, gone)
+            --(process gone, seen by any stage)--> FAILED   (end_orphaned_runs: identity or stale heartbeat)
+
+After every recorded outcome the run's status is derived from the latest attempt of each stage: FAILED if
+one failed, else KILLED if one was interrupted, else FINISHED. A run restored by DVC for another experiment
+(reused) records that experiment's attempts under `dvc_exp_reused.<experiment>.<stage>` and keeps the
+training's status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from mnist_softmax.tracking import last_word
+from mnist_softmax.tracking.context import process_identity, process_start
+from mnist_softmax.tracking.run import RunHandle
+
+STAGE_TAG = "pipeline.stage."  # + stage: the outcome of the stage's latest attempt; + ".reason": why
+REUSED_STAGE_TAG = "dvc_exp_reused."  # + experiment + "." + stage: the same, on a reused run
+END_REASON_TAG = "pipeline.end_reason"
+OWNER_TAG = "pipeline.owner_stage"  # the stage whose process keeps the run RUNNING
+HEARTBEAT_TAG = "pipeline.heartbeat"  # ms since the epoch, renewed while the owner runs
+HEARTBEAT_S = 60
+STALE_S = 600  # no heartbeat for this long: the process is gone
+GUARD_WAIT_S = 5
+
+
+def now_ms() -> str:
+    return str(int(time.time() * 1000))
+
+
+def stage_key(stage: str, reused_as: str = "") -> str:
+    return f"{REUSED_STAGE_TAG}{reused_as}.{stage}" if reused_as else STAGE_TAG + stage
+
+
+def derived_status(tags: dict[str, str]) -> str:
+    """The run's status from its stages' latest attempts (a stage still running does not count)."""
+    outcomes = {v for k, v in tags.items() if k.startswith(STAGE_TAG) and "." not in k[len(STAGE_TAG) :]}
+    return next((s for s in ("FAILED", "KILLED") if s in outcomes), "FINISHED")
+
+
+def end_stage(
+    client: MlflowClient,
+    run_id: str,
+    stage: str,
+    status: str,
+    reason: str = "",
+    reused_as: str = "",
+) -> None:
+    """Record an attempt's outcome, then the run's status that follows (not for a reused run)."""
+    key = stage_key(stage, reused_as)
+    tags = {key: status, f"{key}.reason": reason}
+    if not reused_as and status != "FINISHED":
+        tags[END_REASON_TAG] = reason if stage == "train" else f"{stage}: {reason}"
+    RunHandle(client, run_id).set_tags(tags)
+    if not reused_as:
+        client.set_terminated(run_id, derived_status(client.get_run(run_id).data.tags))
+
+
+@contextlib.contextmanager
+def stage_attempt(
+    client: MlflowClient,
+    uri: str,
+    run_id: str,
+    stage: str,
+    reused_as: str = "",
+    on_success: Callable[[], None] | None = None,
+) -> Iterator[None]:
+    """The block is one attempt of `stage` on the run: its outcome is recorded however it ends."""
+    with _guarded(uri, run_id, stage, reused_as) as guard:
+        RunHandle(client, run_id).set_tags({stage_key(stage, reused_as): "RUNNING"})
+        try:
+            yield
+        except KeyboardInterrupt as e:
+            _end(guard, client, run_id, stage, "KILLED", f"interrupted: {str(e) or 'Ctrl-C'}", reused_as)
+            raise
+        except BaseException as e:
+            _end(guard, client, run_id, stage, "FAILED", f"{type(e).__name__}: {e}", reused_as)
+            raise
+        if on_success:
+            on_success()
+        end_stage(client, run_id, stage, "FINISHED", "", reused_as)
+        guard.tell(last_word.DONE)
+
+
+def _end(guard: _Guard, client: MlflowClient, run_id: str, stage: str, status: str, reason: str, reused_as: str):
+    """Record a failed or interrupted attempt now; if the store will not take it (an interrupt can leave this
+    process's own write half done and the store locked), the guard records it once this process is gone."""
+    try:
+        end_stage(client, run_id, stage, status, reason, reused_as)
+        guard.tell(last_word.DONE)
+    except Exception:
+        guard.tell({"status": status, "reason": reason})
+
+
+class _Guard:
+    """The guard process of one attempt (guard.py): started in its own session, so that a kill of the
+    stage's process group spares it; it reads this process's last word from its stdin, which closes when
+    this process ends, however it ends. No word: it records the attempt FAILED. The store URI (which may hold
+    credentials) goes in its environment, never its argv."""
+
+    def __init__(self, uri: str, run_id: str, stage: str, reused_as: str):
+        package_parent = str(Path(__file__).resolve().parents[2])  # the guard runs the code this stage runs
+        env = {**os.environ, "PYTHONPATH": package_parent, "MLFLOW_TRACKING_URI": uri}
+        args = [sys.executable, "-m", "mnist_softmax.tracking.guard", run_id, stage, str(os.getpid()), reused_as]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+
+    def tell(self, word: dict[str, str]) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.write(last_word.encode(word))
+            self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(GUARD_WAIT_S)
+
+
+@contextlib.contextmanager
+def _guarded(uri: str, run_id: str, stage: str, reused_as: str) -> Iterator[_Guard]:
+    guard = _Guard(uri, run_id, stage, reused_as)
+    try:
+        yield guard
+    finally:
+        guard.close()
+
+
+def end_abandoned_stage(
+    client: MlflowClient, run_id: str, stage: str, pid: str, reused_as: str, word: dict[str, str] | None
+) -> None:
+    """The guard's job once the stage's process `pid` is gone: if the attempt is still RUNNING, record the
+    outcome the stage told it, else FAILED."""
+    if client.get_run(run_id).data.tags.get(stage_key(stage, reused_as)) != "RUNNING":
+        return
+    if word and word.get("status") in ("KILLED", "FAILED"):
+        end_stage(client, run_id, stage, word["status"], word.get("reason", ""), reused_as)
+    else:
+        reason = f"process {pid} on {socket.gethostname()} ended without closing the run (killed?)"
+        end_stage(client, run_id, stage, "FAILED", reason, reused_as)
+
+
+@contextlib.contextmanager
+def heartbeat(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """Renew the run's heartbeat tag every HEARTBEAT_S while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a missed beat is only a late one
+                client.set_tag(run_id, HEARTBEAT_TAG, now_ms())
+
+    threading.Thread(target=beat, name="mlflow-heartbeat", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def owner_tags(stage: str) -> dict[str, str]:
+    """The tags that let others tell whether the run's owning process is alive: its identity, a heartbeat."""
+    return {**process_identity(), OWNER_TAG: stage, HEARTBEAT_TAG: now_ms()}
+
+
+def end_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """End FAILED the RUNNING runs whose process is gone: by its identity on this machine (boot id and pid
+    namespace match: its pid is gone or belongs to another process), else by a heartbeat older than STALE_S."""
+    me, now, ended = process_identity(), time.time(), []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        pid, beat, host = (
+            tags.get("pipeline.pid", ""),
+            tags.get(HEARTBEAT_TAG, ""),
+            tags.get("pipeline.host"),
+        )
+        same_machine = (
+            tags.get("pipeline.boot_id")
+            and all(tags.get(k) == me[k] for k in ("pipeline.boot_id", "pipeline.pid_namespace"))
+            and pid.isdigit()
+        )
+        if same_machine:
+            if process_start(int(pid)) == tags.get("pipeline.pid_start"):
+                continue
+            reason = f"process {pid} on {host} ended without closing the run (killed?)"
+        elif beat.isdigit() and now - int(beat) / 1000 > STALE_S:
+            reason = (
+                f"no heartbeat from process {pid} on {host} for {int(now - int(beat) / 1000)} s: its process is gone"
+            )
+        else:
+            continue
+        end_stage(client, run.info.run_id, tags.get(OWNER_TAG, "train"), "FAILED", reason)
+        ended.append(run.info.run_id)
+    return ended

@@ -1,0 +1,127 @@
+"""MlflowTracker: the tracking interface (tracking/__init__.py) on MLflow.
+
+train opens a new run; evaluate and plot attach to the run that produced their model: the one the working
+copy's run file names, else the one run tagged with the model's SHA-256 (restored by DVC from its run-cache:
+*reused*), else, when several runs produced it, a new run that names them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from mnist_softmax.tracking.context import process_identity, run_context_tags
+from mnist_softmax.tracking.interface import NullRun, Run
+from mnist_softmax.tracking.lifecycle import (
+    OWNER_TAG,
+    STAGE_TAG,
+    end_orphaned_runs,
+    heartbeat,
+    owner_tags,
+    stage_attempt,
+)
+from mnist_softmax.tracking.run import MODEL_HASH_TAG, RunHandle
+from mnist_softmax.tracking.run_file import current_exp_name, read_link, write_link
+from mnist_softmax.tracking.store import open_store
+
+# A run whose training DVC restored from its run-cache for another experiment, whose evaluate or plot then ran:
+REUSED_TAG = "dvc_exp_names_reused"  # those experiments' names, comma-separated
+REUSED_ARTIFACTS = "dvc_exp_reused"  # their stages' files go to dvc_exp_reused/<experiment>/...
+AMBIGUOUS_TAG = "pipeline.model_runs"  # on a run evaluate/plot opened: the runs that all produced its model
+EVALUATED_HASH_TAG = "model_sha256_evaluated"  # on such a run: the model it evaluated
+
+
+class MlflowTracker:
+    def __init__(self, experiment: str, root: Path | None = None, run_file: str | Path | None = None):
+        self.client, self.experiment_id, self.uri = open_store(experiment, root)
+        self.run_file = Path(run_file) if run_file else None
+        mlflow.set_tracking_uri(self.uri)
+        end_orphaned_runs(self.client, self.experiment_id)
+
+    def _link(self, run_id: str, model_sha256: str | None, reused: bool) -> None:
+        if self.run_file:
+            write_link(self.run_file, run_id, model_sha256, reused, self.uri)
+
+    @contextlib.contextmanager
+    def training_run(self, run_name: str | None, params: dict[str, str], tags: dict[str, str]) -> Iterator[Run]:
+        """A new run for one training, tagged with where it runs (git commit, DVC experiment, sweep trial); the
+        train stage's outcome ends it (lifecycle.py)."""
+        tags = {**run_context_tags(), **tags, **owner_tags("train"), STAGE_TAG + "train": "RUNNING"}
+        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags)
+        handle = RunHandle(self.client, run.info.run_id)
+        self._link(handle.run_id, None, reused=False)
+        try:
+            on_success = lambda: self._link(handle.run_id, handle.model_sha256, False)
+            with (
+                stage_attempt(self.client, self.uri, handle.run_id, "train", on_success=on_success),
+                heartbeat(self.client, handle.run_id),
+            ):
+                handle.log_params(params)
+                yield handle
+        finally:
+            # the run is ended already (end_stage): this only clears the active-run state, keeping its status
+            mlflow.end_run(self.client.get_run(handle.run_id).info.status)
+
+    @contextlib.contextmanager
+    def attached_run(self, model_sha256: str, stage: str, log: Callable[[str], None] = print) -> Iterator[Run]:
+        """A handle on the run evaluate or plot logs into (a NullRun if no run produced the model). A run
+        trained for another DVC experiment gets this experiment's files under dvc_exp_reused/<experiment>/,
+        and its status stays the training's."""
+        found = self._find_run(model_sha256, stage, log)
+        if found is None:
+            yield NullRun()
+            return
+        run_id, reused = found
+        reused_as = (current_exp_name() or "workspace") if reused else ""
+        handle = RunHandle(self.client, run_id, f"{REUSED_ARTIFACTS}/{reused_as}" if reused else None)
+        if reused:
+            seen = [n for n in self.client.get_run(run_id).data.tags.get(REUSED_TAG, "").split(",") if n]
+            if reused_as not in seen:
+                handle.set_tags({REUSED_TAG: ",".join([*seen, reused_as])})
+        with stage_attempt(self.client, self.uri, run_id, stage, reused_as):
+            yield handle
+
+    def _find_run(self, model_sha256: str, stage: str, log: Callable[[str], None]) -> tuple[str, bool] | None:
+        """(run id, reused) for this model: the run file's run, else the one run that produced it (reused),
+        else, when several did, a new run that says so; None when no run did."""
+        link = read_link(self.run_file, model_sha256, self.uri) if self.run_file else None
+        if link is not None:
+            with contextlib.suppress(MlflowException):
+                self.client.get_run(link.run_id)
+                return link.run_id, link.reused
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.{MODEL_HASH_TAG} = '{model_sha256}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=100,
+        )
+        if not runs:
+            log(
+                f"mlflow: no run in {self.uri} produced model {model_sha256[:12]} (trained before tracking,"
+                " or restored by DVC from its run-cache into a new store); results not logged"
+            )
+            return None
+        if len(runs) == 1:
+            found = runs[0].info.run_id, True
+        else:
+            ids = ", ".join(r.info.run_id for r in runs)
+            log(
+                f"mlflow: {len(runs)} runs produced model {model_sha256[:12]} ({ids}) and none was made in this"
+                f" working copy: {stage}'s results go to a new run, which names them (tag {AMBIGUOUS_TAG})"
+            )
+            tags = {
+                **process_identity(),
+                OWNER_TAG: stage,
+                AMBIGUOUS_TAG: ids,
+                EVALUATED_HASH_TAG: model_sha256,
+                "mlflow.note.content": f"Evaluates model {model_sha256}, which runs {ids} all produced.",
+            }
+            run = self.client.create_run(self.experiment_id, run_name=os.environ.get("DVC_EXP_NAME"), tags=tags)
+            found = run.info.run_id, False
+        self._link(found[0], model_sha256, reused=found[1])
+        return found
