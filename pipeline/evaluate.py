@@ -8,16 +8,11 @@ from pathlib import Path
 import torch
 
 from mnist_softmax.cli import run
-from mnist_softmax.core.evaluate import (
-    confusion_matrix,
-    evaluation_summary,
-    predict,
-    summary_metrics,
-)
+from mnist_softmax.core.evaluate import confusion_matrix, evaluation_summary, per_class_table, predict, summary_metrics
 from mnist_softmax.core.model import load_model
 from mnist_softmax.core.params import load_params
 from mnist_softmax.core.prepared import TEST_FILE, load_info, load_split
-from mnist_softmax.core.results import write_confusion, write_metrics, write_predictions
+from mnist_softmax.core.results import write_confusion, write_metrics, write_per_class, write_predictions
 from mnist_softmax.fileio import sha256_file
 from mnist_softmax.tracking import open_tracker
 
@@ -28,6 +23,7 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="prepared folder (preprocess's output)")
     parser.add_argument("--model", required=True, help="model file (train's output)")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+    parser.add_argument("--per-class", required=True, help="per-class accuracy JSON to write")
     parser.add_argument("--confusion", required=True, help="confusion-matrix JSON to write")
     parser.add_argument("--predictions", required=True, help="per-sample predictions CSV to write")
     parser.add_argument("--run-file", help="where this working copy notes its MLflow run (git-ignored)")
@@ -42,12 +38,14 @@ def main(argv=None):
         images, labels = (torch.from_numpy(a) for a in load_split(Path(args.data) / TEST_FILE))
         result = predict(model, images, labels, batch_size=params.train.eval_batch_size)
         confusion = confusion_matrix(labels, result.predicted, len(classes))
-        summary = evaluation_summary(result.loss, result.accuracy, confusion, classes)
+        summary = evaluation_summary(result.loss, result.accuracy)
+        per_class = per_class_table(confusion, classes)
         write_metrics(args.metrics, summary)
+        write_per_class(args.per_class, per_class)
         write_confusion(args.confusion, classes, confusion.tolist())
         write_predictions(args.predictions, classes, labels.tolist(), result.predicted.tolist())
-        mlrun.log_metrics(summary_metrics(summary))
-        for path in (args.metrics, args.confusion, args.predictions):
+        mlrun.log_metrics(summary_metrics(summary, per_class))
+        for path in (args.metrics, args.per_class, args.confusion, args.predictions):
             mlrun.log_artifact(path, "evaluation")
         print(f"evaluate: test accuracy {100 * result.accuracy:.2f}%  test loss {result.loss:.4f}")
 

@@ -19,6 +19,7 @@ from mnist_softmax.core.history import epoch_line, write_history
 from mnist_softmax.core.model import MLP, architecture, save_model
 from mnist_softmax.core.params import flatten, load_params
 from mnist_softmax.core.prepared import TEST_FILE, TRAIN_FILE, load_info, load_split
+from mnist_softmax.core.preprocess import to_pixels
 from mnist_softmax.core.train import (
     make_optimizer,
     resolve_device,
@@ -116,7 +117,10 @@ def main(argv=None):
         write_history(args.history, done)
         mlrun.log_artifact(args.model, "weights")
         if params.tracking.log_model:
-            mlrun.log_model(model.cpu(), arch, test_x[:4].cpu().numpy())
+            norm = info["normalize"]
+            preprocessing = {**norm, "image_shape": info["image_shape"], "classes": info["classes"]}
+            example = to_pixels(test_x[:4].cpu().numpy(), norm["mean"], norm["std"])  # as the model takes them
+            mlrun.log_model(model.cpu(), arch, preprocessing, example)
         mlrun.set_model_hash(sha256_file(args.model))  # last: evaluate and plot find only complete runs
     if ckpt:
         ckpt.remove()  # the outputs are complete: nothing left to resume

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mnist_softmax.core.params import RESTORE
 from tests import harness as P
 from tests.e2e.conftest import SWEEP_LRS
 
@@ -32,6 +33,8 @@ def test_every_sweep_experiment_finishes_and_shows_its_metrics(sweep):
         assert rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"] == lr
         metrics = rev["data"]["metrics"]["metrics/eval.json"]["data"]
         assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] >= 0.0
+        # the headline numbers only: the table's first screen is for the params (per class: a plot)
+        assert set(rev["data"]["metrics"]) == {"metrics/eval.json"} and set(metrics) == {"test_accuracy", "test_loss"}
         assert f"{name}" in sweep.queue_status and "Success" in sweep.queue_status
     table = P.dvc(
         sweep.root,
@@ -164,6 +167,11 @@ def test_bad_param_through_exp_run_fails_naming_the_key_and_opens_no_run(sweep, 
         assert f"train: error: params.yaml is invalid:\n  - {key}" in done.stdout
         assert says in done.stdout
         assert {r.info.run_id for r in P.runs(root)} == before
+        # DVC wrote the value into params.yaml and removed the outputs; the message's command puts them back
+        [restore] = [line.split("to put it back: ")[1] for line in done.stdout.splitlines() if "put it back" in line]
+        assert restore == RESTORE
+        P.run(["bash", "-c", restore], root)
+        assert P.git(root, "status", "--porcelain") == "" and P.dvc_json(root, "status") == {}
     finally:
         P.restore_baseline(root)
 
@@ -179,7 +187,7 @@ def test_dvc_refuses_an_unknown_key_without_plus(sweep):
 def test_plots_diff_has_curves_and_confusion_of_both_experiments(sweep, tmp_path):
     first, second = sweep.names[SWEEP_LRS[0]], sweep.names[SWEEP_LRS[1]]
     data = P.dvc_json(sweep.root, "plots", "diff", first, second, "-o", str(tmp_path))["data"]
-    for plot in ("loss", "test_accuracy", "confusion"):
+    for plot in ("loss", "test_accuracy", "confusion", "per_class_accuracy"):
         [spec] = data[plot]
         assert spec["revisions"] == [first, second]
         values = spec["content"]["data"]["values"]
@@ -187,9 +195,27 @@ def test_plots_diff_has_curves_and_confusion_of_both_experiments(sweep, tmp_path
             mine = [v for v in values if v["rev"] == name]
             if plot == "confusion":
                 assert len(mine) == 100 and {"actual", "predicted"} <= set(mine[0])
+            elif plot == "per_class_accuracy":
+                assert [v["class"] for v in mine] == [str(k) for k in range(10)] and "accuracy" in mine[0]
             else:
                 assert sorted({v["epoch"] for v in mine}) == [1, 2, 3]
                 assert all(key in mine[0] for key in ("train_loss", "test_loss", "test_accuracy"))
     for png in ("loss_accuracy", "confusion_matrix", "misclassified"):
         assert [i["revisions"] for i in data[f"plots/{png}.png"]] == [[first], [second]]
     assert not (sweep.root / "dvc_plots").exists()
+
+
+def test_plots_have_titles_whole_epochs_and_one_confusion_orientation(sweep):
+    """Every plot has a title and named axes; epochs tick as whole numbers; the confusion matrix puts the
+    actual class on rows (y) and the predicted one on columns (x), as the PNG does."""
+    data = P.dvc_json(sweep.root, "plots", "show")["data"]
+    for plot in ("loss", "test_accuracy"):
+        content = data[plot][0]["content"]
+        x, y = content["encoding"]["x"], content["encoding"]["y"]
+        assert content["title"]["text"] and x["title"] == "epoch" and y["title"] not in ("", "y"), content
+        assert x["axis"]["format"] == "d" and x["axis"]["tickMinStep"] == 1
+    confusion = data["confusion"][0]["content"]
+    encoding = confusion["spec"]["encoding"]
+    assert confusion["title"]["text"]
+    assert (encoding["x"]["field"], encoding["y"]["field"]) == ("predicted", "actual")
+    assert (encoding["x"]["title"], encoding["y"]["title"]) == ("predicted", "actual")

@@ -1,5 +1,6 @@
-"""The MLflow model train logs (tracking.log_model) loads as pyfunc and predicts what the pipeline predicted,
-in-process and through `mlflow models predict`, without unpickling anything."""
+"""The MLflow model train logs (tracking.log_model) loads as pyfunc, takes pixels as the IDX files hold them,
+refuses anything else saying what it expects, and predicts what the pipeline predicted, in-process and
+through `mlflow models predict`, without unpickling anything."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from mnist_softmax.core.preprocess import to_pixels
 from tests import harness as P
 
 pytestmark = pytest.mark.e2e
@@ -19,12 +21,14 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def logged(repro_project):
-    """(run, model URI, test images as the model takes them, the pipeline's predicted class indices)."""
+    """(run, model URI, test images' pixels as the IDX files hold them, the pipeline's predicted classes)."""
     root = repro_project.root
     digest = hashlib.sha256((root / "models" / "model.pt").read_bytes()).hexdigest()
     [run] = [r for r in P.runs(root) if r.data.tags.get("model_sha256") == digest]
-    images = load_file(str(root / "data" / "prepared" / "test.safetensors"))["images"]  # normalized N x 784
-    classes = json.loads((root / "data" / "prepared" / "dataset.json").read_text())["classes"]
+    info = json.loads((root / "data" / "prepared" / "dataset.json").read_text())
+    normalized = load_file(str(root / "data" / "prepared" / "test.safetensors"))["images"]  # N x 784
+    images = to_pixels(normalized, info["normalize"]["mean"], info["normalize"]["std"])
+    classes = info["classes"]
     with open(root / "metrics" / "predictions.csv", newline="") as f:
         predicted = np.array([classes.index(row["predicted"]) for row in csv.DictReader(f)])
     return run, run.data.tags["mlflow_model_uri"], images, predicted
@@ -46,10 +50,35 @@ def test_pyfunc_predictions_match_the_pipeline(repro_project, logged, monkeypatc
     _, uri, images, predicted = logged
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repro_project.root / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(uri)
-    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 784)
-    logits = model.predict(images)
-    assert logits.shape == (len(predicted), 10)
-    np.testing.assert_array_equal(logits.argmax(axis=1), predicted)
+    out = model.predict(images)
+    probs = [f"prob_{k}" for k in range(10)]
+    assert list(out.columns) == ["label", *probs]
+    np.testing.assert_array_equal(out["label"].to_numpy(), predicted)
+    np.testing.assert_allclose(out[probs].to_numpy().sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(model.predict(images.reshape(-1, 28, 28))["label"].to_numpy(), predicted)
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (lambda x: x / 255 - 0.5, "got values -0.5"),  # normalized rows: the model normalizes itself
+        (lambda x: x * 2, "got values 0.0..510.0"),
+        (lambda x: x[:, :100], "got shape (16, 100)"),
+        (lambda x: x.reshape(16, 4, 196), "got shape (16, 4, 196)"),
+        (lambda x: np.where(x > 0, np.nan, x), "got values"),
+    ],
+)
+def test_the_model_refuses_what_is_not_pixels_saying_what_it_expects(repro_project, logged, monkeypatch, bad, says):
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    _, uri, images, _ = logged
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repro_project.root / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(uri)
+    with pytest.raises(MlflowException) as refused:
+        model.predict(bad(images[:16]))
+    message = str(refused.value)
+    assert "expected pixels 0-255" in message and "(n, 784) or (n, 28, 28)" in message and says in message
 
 
 def test_mlflow_models_predict_cli(repro_project, logged, tmp_path):
@@ -78,10 +107,9 @@ def test_mlflow_models_predict_cli(repro_project, logged, tmp_path):
         tmp_path,
         timeout=180,
     )
-    out = json.loads((tmp_path / "out.json").read_text())
-    logits = np.array(out["predictions"])
-    assert logits.shape == (batch, 10), done.stdout
-    np.testing.assert_array_equal(logits.argmax(axis=1), predicted[:batch])
+    out = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    assert len(out) == batch, done.stdout
+    assert [row["label"] for row in out] == predicted[:batch].tolist()
 
 
 LOAD_WATCHING_UNPICKLING = """
@@ -91,12 +119,12 @@ found = []
 sys.addaudithook(lambda event, args: found.append(args[:2]) if event == "pickle.find_class" else None)
 import mlflow.pyfunc
 model = mlflow.pyfunc.load_model(sys.argv[1])
-logits = model.predict(np.load(sys.argv[2]))
+labels = model.predict(np.load(sys.argv[2]))["label"].tolist()
 loading = [list(map(str, f)) for f in found]
 import collections, pickle
 pickle.loads(pickle.dumps(collections.OrderedDict()))  # the control: the hook does see unpickling
 print(json.dumps({"classes_unpickled": loading, "control": len(found) > len(loading),
-                  "predicted": logits.argmax(1).tolist()}))
+                  "predicted": labels}))
 """
 
 
@@ -112,6 +140,7 @@ def test_the_model_is_code_and_safetensors_and_loading_unpickles_nothing(repro_p
         "MLmodel",
         "artifacts/model.safetensors",
         "artifacts/architecture.json",
+        "artifacts/preprocessing.json",
         "served_model.py",
     } <= names
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".pt", ".pth"))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 
 import pytest
@@ -35,6 +36,14 @@ def _model_run(root):
     found = [r for r in P.runs(root) if r.data.tags.get("model_sha256") == digest]
     assert len(found) == 1, f"{len(found)} runs carry model_sha256 {digest}"
     return found[0]
+
+
+def test_a_repro_shows_the_stages_own_lines_and_no_library_noise(repro_project):
+    """A fresh store, a logged MLflow model: no INFO lines, warnings or progress bars from the libraries."""
+    out = repro_project.first_repro
+    for noise in (" INFO ", "Warning:", "Downloading artifacts", "Traceback"):
+        assert noise not in out, out
+    assert "evaluate: test accuracy" in out and "plot: wrote" in out
 
 
 def test_first_repro_runs_five_stages_and_writes_every_output(repro_project):
@@ -166,13 +175,15 @@ def test_mlflow_run_records_params_per_epoch_metrics_final_metrics_and_artifacts
     evaluation = json.loads((root / "metrics" / "eval.json").read_text())
     assert run.data.metrics["final_test_accuracy"] == pytest.approx(evaluation["test_accuracy"], abs=1e-6)
     assert run.data.metrics["final_test_loss"] == pytest.approx(evaluation["test_loss"], abs=1e-6)
-    assert all(f"final_class_accuracy.{c}" in run.data.metrics for c in evaluation["per_class_accuracy"])
+    per_class = json.loads((root / "metrics" / "per_class_accuracy.json").read_text())
+    assert all(run.data.metrics[f"final_class_accuracy.{r['class']}"] == r["accuracy"] for r in per_class)
 
     tags = run.data.tags
     assert tags["dataset"] == "tiny" and tags["dvc_stage"] == "train"
     assert tags["mlflow.source.git.commit"] == P.git(root, "rev-parse", "HEAD~1").strip()  # trained before
     # the "baseline results" commit
     assert tags["mlflow_model_uri"].startswith("models:/")
+    assert run.info.run_name == "workspace@" + tags["mlflow.source.git.commit"][:7]  # what made it
 
     listed = {
         a.path for folder in ("weights", "evaluation", "plots") for a in client.list_artifacts(run.info.run_id, folder)
@@ -180,6 +191,7 @@ def test_mlflow_run_records_params_per_epoch_metrics_final_metrics_and_artifacts
     assert listed == {
         "weights/model.pt",
         "evaluation/eval.json",
+        "evaluation/per_class_accuracy.json",
         "evaluation/confusion_matrix.json",
         "evaluation/predictions.csv",
         "plots/confusion_matrix.png",
@@ -191,3 +203,49 @@ def test_mlflow_run_records_params_per_epoch_metrics_final_metrics_and_artifacts
     assert logged_weights.read_bytes() == (root / "models" / "model.pt").read_bytes()
     datasets = run.inputs.dataset_inputs
     assert len(datasets) == 1 and datasets[0].dataset.name == "tiny"
+
+
+def test_a_forced_training_of_the_same_bytes_still_holds_the_evaluation_and_plots(template, e2e_dir):
+    """`dvc repro -f train` trains the same bytes in a new run and DVC runs nothing after it (evaluate's and
+    plot's deps are unchanged): the new run gets their results from the run that made those bytes, tagged
+    with where they came from; a stage that then runs on it replaces them and drops its tag."""
+    root = P.clone_project(template, e2e_dir / "forced-train", fresh_store=False)
+    [original] = P.runs(root)
+    out = P.dvc(root, "repro", "-f", "train").stdout
+    assert P.ran_stages(out)[-1] == "train", out  # and the stages before it, none after it
+    assert f"run {original.info.run_id} made the same model bytes" in out, out
+    client = P.mlflow_client(root)
+    [new] = [r for r in P.runs(root) if r.info.run_id != original.info.run_id]
+    assert new.info.status == "FINISHED"
+    assert new.data.tags["model_sha256"] == original.data.tags["model_sha256"]
+    for stage in P.STAGES[P.STAGES.index("train") + 1 :]:
+        assert new.data.tags[f"pipeline.copied.{stage}"] == original.info.run_id
+    assert {k: v for k, v in new.data.metrics.items() if k.startswith("final_")} == {
+        k: v for k, v in original.data.metrics.items() if k.startswith("final_")
+    }
+    listed = {a.path for folder in ("evaluation", "plots") for a in client.list_artifacts(new.info.run_id, folder)}
+    assert listed == {a.path for f in ("evaluation", "plots") for a in client.list_artifacts(original.info.run_id, f)}
+    assert listed and not [a for a in client.list_artifacts(new.info.run_id) if a.path.startswith("dvc_exp_reused")]
+
+    out = P.dvc(root, "repro", "-f", "-s", "evaluate").stdout  # evaluate now runs on the new run
+    assert P.ran_stages(out) == ["evaluate"], out
+    tags = client.get_run(new.info.run_id).data.tags
+    assert "pipeline.copied.evaluate" not in tags and tags["pipeline.copied.plot"] == original.info.run_id
+    assert tags["pipeline.stage.evaluate"] == "FINISHED"
+
+
+def test_the_pull_request_report_shows_the_changes_and_plots_offline(template, e2e_dir):
+    """`make report`: params and metrics that differ from the baseline and the PNGs of both, in one Markdown
+    file whose images are files beside it."""
+    root = P.clone_project(template, e2e_dir / "report")
+    P.set_params(root, **{"train.lr": 0.05})
+    P.dvc(root, "repro")
+    out = P.run(["python", "-m", "mnist_softmax.team.report", "--baseline", "HEAD"], root, env_=P.env(PYTHONPATH="src"))
+    assert "report: wrote report/report.md" in out.stdout, out.stdout
+    text = (root / "report" / "report.md").read_text()
+    assert "| `train.lr` | `0.1` | `0.05` |" in text, text
+    for metric in ("test_accuracy", "test_loss"):
+        assert f"| `{metric}` (metrics/eval.json) |" in text, text
+    images = re.findall(r"!\[([^\]]*)\]\(([^)]+)\)", text)
+    assert {alt for alt, _ in images} >= {"plots/loss_accuracy.png (HEAD)", "plots/loss_accuracy.png (workspace)"}
+    assert all((root / "report" / path).is_file() for _, path in images), images

@@ -20,8 +20,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("initdb") is None, reason="PostgreSQL not installed"),
 ]
 
-TRIALS = 4  # two workers: two trials each, racing for the last ones
-KILLED_TRIALS = 3  # the survivor completes them all
+TRIALS = 3  # two workers: one trial each at once, then a race for the last one (the loser's is excess)
+KILLED_TRIALS = 2  # the survivor completes them all
 SWEEP = """study: {study}
 objective: {{metric: test_loss, direction: minimize}}
 trials: {trials}
@@ -73,13 +73,13 @@ def study_runs(stack, bob, study):
 def test_two_workers_share_one_study(stack, template, e2e_dir, bob):
     from optuna.trial import TrialState
 
-    _bare, a, b = two_clones(stack, template, e2e_dir, "sweep-four")
+    _bare, a, b = two_clones(stack, template, e2e_dir, "sweep-shared")
     for clone in (a, b):
-        (clone / "sweep.yaml").write_text(SWEEP.format(study="four", trials=TRIALS))
+        (clone / "sweep.yaml").write_text(SWEEP.format(study="shared", trials=TRIALS))
     workers = [worker(clone, stack, "sweep.yaml") for clone in (a, b)]  # at the same moment, on an empty study
     for w in workers:
         assert w.wait(timeout=1200) == 0, w.output
-    study = load_study(stack, "four")
+    study = load_study(stack, "shared")
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == TRIALS
     assert all(t.user_attrs.get("excess") for t in study.trials if t.state != TrialState.COMPLETE)
@@ -88,10 +88,10 @@ def test_two_workers_share_one_study(stack, template, e2e_dir, bob):
 
     # every trial is an experiment in the git remote
     remote = P.dvc(a, "exp", "list", "--name-only", "origin", env_=client_env(stack)).stdout.split()
-    assert names <= set(remote) and len([n for n in remote if n.startswith("four-")]) == TRIALS
+    assert names <= set(remote) and len([n for n in remote if n.startswith("shared-")]) == TRIALS
 
     # MLflow: one study run, TRIALS FINISHED trial runs under it, the best one marked
-    runs = study_runs(stack, bob, "four")
+    runs = study_runs(stack, bob, "shared")
     [parent] = [r for r in runs if "sweep.trial" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.trials_done"] == str(TRIALS)

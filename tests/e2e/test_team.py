@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from mnist_softmax.core.preprocess import to_pixels
 from mnist_softmax.team.services import free_port
 from tests import harness as P
 from tests.e2e.conftest import ALICE, BOB, client_env, team_clone
@@ -175,17 +176,27 @@ def test_promote_then_serve_the_champion(stack, clones, bob, tmp_path):
                 assert serve.popen.poll() is None and time.monotonic() < deadline, serve.output
                 time.sleep(1)
         test = load_file(str(a / "data" / "prepared" / "test.safetensors"))
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            method="POST",
-            data=json.dumps({"inputs": test["images"][:20].tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            logits = np.array(json.loads(response.read())["predictions"])
+        norm = json.loads((a / "data" / "prepared" / "dataset.json").read_text())["normalize"]
+        pixels = to_pixels(test["images"][:20], norm["mean"], norm["std"])  # as the IDX files hold them
+
+        def invoke(rows):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations",
+                method="POST",
+                data=json.dumps({"inputs": rows}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())["predictions"]
+
+        labels = np.array([row["label"] for row in invoke(pixels.tolist())])
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            invoke((pixels[:2] / 255).reshape(2, 28, 28, 1).tolist())
+        answer = refused.value.read().decode()
     finally:
         serve.kill_tree()
-    assert (logits.argmax(axis=1) == test["labels"][:20]).mean() >= 0.9  # the right digits
+    assert (labels == test["labels"][:20]).mean() >= 0.9  # the right digits
+    assert refused.value.code == 400 and "expected pixels 0-255" in answer, answer
     version = bob.get_model_version_by_alias(P.EXPERIMENT, "champion")
     [run] = [r for r in server_runs(stack, bob) if r.info.run_name == name]
     assert version.run_id == run.info.run_id

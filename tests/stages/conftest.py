@@ -24,6 +24,7 @@ def tiny(tmp_path, monkeypatch):
         "model": work / "models" / "model.pt",
         "history": work / "metrics" / "train_history.json",
         "metrics": work / "metrics" / "eval.json",
+        "per_class": work / "metrics" / "per_class_accuracy.json",
         "confusion": work / "metrics" / "confusion_matrix.json",
         "predictions": work / "metrics" / "predictions.csv",
         "plots": work / "plots",

@@ -91,6 +91,8 @@ def evaluate_argv(tiny: Tiny, params: Path, model: Path | None = None) -> list[s
         str(model or tiny.paths["model"]),
         "--metrics",
         tiny.path("metrics"),
+        "--per-class",
+        tiny.path("per_class"),
         "--confusion",
         tiny.path("confusion"),
         "--predictions",

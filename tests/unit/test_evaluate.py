@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_softmax.core.evaluate import confusion_matrix, evaluation_summary, per_class_accuracy
+from mnist_softmax.core.evaluate import (
+    confusion_matrix,
+    evaluation_summary,
+    per_class_accuracy,
+    per_class_table,
+    summary_metrics,
+)
 
 
 def naive_confusion(labels, predicted, k):
@@ -51,9 +57,13 @@ def test_per_class_accuracy_with_an_absent_class():
 def test_evaluation_summary_shape():
     labels, predicted = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0])
     cm = confusion_matrix(labels, predicted, 2)
-    summary = evaluation_summary(0.1234567891, 2 / 3, cm, ["zero", "one"])
-    assert summary == {
-        "test_accuracy": round(2 / 3, 6),
-        "test_loss": 0.123457,
-        "per_class_accuracy": {"zero": 1.0, "one": 0.5},
+    summary = evaluation_summary(0.1234567891, 2 / 3)
+    assert summary == {"test_accuracy": round(2 / 3, 6), "test_loss": 0.123457}
+    per_class = per_class_table(cm, ["zero", "one"])
+    assert per_class == [{"class": "zero", "accuracy": 1.0}, {"class": "one", "accuracy": 0.5}]
+    assert summary_metrics(summary, per_class) == {
+        "final_test_accuracy": round(2 / 3, 6),
+        "final_test_loss": 0.123457,
+        "final_class_accuracy.zero": 1.0,
+        "final_class_accuracy.one": 0.5,
     }

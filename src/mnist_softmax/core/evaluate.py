@@ -47,19 +47,20 @@ def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
     return [float(c) / float(n) if n else 0.0 for c, n in zip(correct, present)]
 
 
-def evaluation_summary(loss: float, accuracy: float, confusion: torch.Tensor, classes: list[str]) -> dict:
-    """The metrics file DVC shows: overall accuracy and loss, then accuracy per class."""
-    return {
-        "test_accuracy": round(accuracy, 6),
-        "test_loss": round(loss, 6),
-        "per_class_accuracy": {name: round(acc, 6) for name, acc in zip(classes, per_class_accuracy(confusion))},
-    }
+def evaluation_summary(loss: float, accuracy: float) -> dict[str, float]:
+    """The headline numbers `dvc metrics show` and `dvc exp show` list: overall accuracy and loss."""
+    return {"test_accuracy": round(accuracy, 6), "test_loss": round(loss, 6)}
 
 
-def summary_metrics(summary: dict) -> dict[str, float]:
-    """The metrics file as the MLflow run's final_* metrics."""
+def per_class_table(confusion: torch.Tensor, classes: list[str]) -> list[dict]:
+    """Accuracy per class, one row each (`dvc plots` draws it as bars): the detail behind the headline."""
+    return [{"class": name, "accuracy": round(acc, 6)} for name, acc in zip(classes, per_class_accuracy(confusion))]
+
+
+def summary_metrics(summary: dict[str, float], per_class: list[dict]) -> dict[str, float]:
+    """The MLflow run's final_* metrics."""
     return {
         "final_test_accuracy": summary["test_accuracy"],
         "final_test_loss": summary["test_loss"],
-        **{f"final_class_accuracy.{name}": acc for name, acc in summary["per_class_accuracy"].items()},
+        **{f"final_class_accuracy.{row['class']}": row["accuracy"] for row in per_class},
     }

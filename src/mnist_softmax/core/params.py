@@ -7,13 +7,14 @@ every problem (unknown, missing, mistyped, out of range) is refused before any s
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, Strict, ValidationInfo, field_validator
 
 from mnist_softmax.core.datasets import DATASETS
-from mnist_softmax.core.settings import StrictModel, read_yaml, validate
+from mnist_softmax.core.settings import ParamsError, StrictModel, read_yaml, validate
 
 # torchvision[:URL] | npm:NAME@X.Y.Z (a registry package at an exact version) | dir:PATH
 SOURCE_PATTERN = r"^(torchvision(:https?://\S+)?|npm:(@[a-z0-9][\w.-]*/)?[a-z0-9][\w.-]*@\d+\.\d+\.\d+|dir:.+)$"
@@ -108,8 +109,19 @@ def parse_params(raw, source: str = "params.yaml") -> Params:
     return validate(Params, raw, source, {SOURCE_PATTERN: f"a source: {SOURCE_FORMS}"})
 
 
+# `dvc exp run -S` writes its values into params.yaml and deletes the stages' outputs before they run.
+RESTORE = "git checkout HEAD -- params.yaml && dvc checkout"
+
+
 def load_params(path: str | Path) -> Params:
-    return parse_params(read_yaml(path), str(path))
+    """params.yaml, validated. Refused under `dvc exp run` in the workspace, the message also says how to put
+    the workspace back as it was."""
+    try:
+        return parse_params(read_yaml(path), str(path))
+    except ParamsError as e:
+        if os.environ.get("DVC_EXP_NAME") and Path(os.environ.get("DVC_ROOT", "")).resolve() == Path.cwd():
+            raise ParamsError(f"{e}\nDVC wrote this into the workspace; to put it back: {RESTORE}") from None
+        raise
 
 
 def flatten(params: Params) -> dict[str, str]:

@@ -55,7 +55,7 @@ def confusion_heatmap(confusion: list[list[int]], classes: list[str], path: Path
             )
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
     ax.set_yticks(range(k), classes)
-    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test set)")
+    ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (test set)")
     fig.colorbar(image, ax=ax, label="log(1 + count)")
     _save(fig, path, dpi)
 

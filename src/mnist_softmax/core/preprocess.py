@@ -28,6 +28,11 @@ def normalize(x: np.ndarray, mean: float, std: float) -> np.ndarray:
     return np.divide(out, np.float32(std), out=out)
 
 
+def to_pixels(x: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """Normalized rows back to the 0-255 pixels they were made from (float32)."""
+    return np.rint((x * np.float32(std) + np.float32(mean)) * PIXEL_MAX).clip(0, PIXEL_MAX).astype(np.float32)
+
+
 def dataset_stats(x_unit: np.ndarray) -> tuple[float, float]:
     """Mean and (population) std of every pixel, in float64 so 47 M values sum exactly enough."""
     x = x_unit.astype(np.float64)

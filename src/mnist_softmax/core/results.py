@@ -1,5 +1,6 @@
-"""The evaluate stage's files, written and read only here: the metrics JSON (`dvc metrics`), the confusion
-matrix JSON and the per-sample predictions CSV (`dvc plots`' confusion template; the PNGs)."""
+"""The evaluate stage's files, written and read only here: the metrics JSON (`dvc metrics`: the headline
+numbers), the per-class accuracy JSON (a `dvc plots` bar chart), the confusion matrix JSON and the
+per-sample predictions CSV (`dvc plots`' confusion template; the PNGs)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ PREDICTION_COLUMNS = ("actual", "predicted")  # class names, one row per test sa
 
 def write_metrics(path: str | Path, summary: dict) -> None:
     write_json_atomic(path, summary)
+
+
+def write_per_class(path: str | Path, rows: list[dict]) -> None:
+    """[{class, accuracy}, ...] in class order."""
+    write_json_atomic(path, rows)
 
 
 def write_confusion(path: str | Path, classes: list[str], counts: list[list[int]]) -> None:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_softmax.tracking import last_word
@@ -39,6 +40,7 @@ STAGE_TAG = "pipeline.stage."  # + stage: the outcome of the stage's latest atte
 REUSED_STAGE_TAG = "dvc_exp_reused."  # + experiment + "." + stage: the same, on a reused run
 END_REASON_TAG = "pipeline.end_reason"
 OWNER_TAG = "pipeline.owner_stage"  # the stage whose process keeps the run RUNNING
+COPIED_TAG = "pipeline.copied."  # + stage: the run this run's results of that stage were copied from
 HEARTBEAT_TAG = "pipeline.heartbeat"  # ms since the epoch, renewed while the owner runs
 HEARTBEAT_S = 60
 STALE_S = 600  # no heartbeat for this long: the process is gone
@@ -99,6 +101,9 @@ def stage_attempt(
             raise
         if on_success:
             on_success()
+        if not reused_as:  # this attempt's own results replace any copied ones
+            with contextlib.suppress(MlflowException):
+                client.delete_tag(run_id, COPIED_TAG + stage)
         end_stage(client, run_id, stage, "FINISHED", "", reused_as)
         guard.tell(last_word.DONE)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 
-import mlflow
 from mlflow.exceptions import MlflowException
 
 from mnist_softmax.tracking.context import project_root, store_uri
@@ -29,9 +28,11 @@ def promote(experiment: str, dvc_exp_name: str, model_name: str, alias: str) -> 
             f" {experiment!r} of {store_uri(project_root())}"
         )
     run = runs[0]
-    with contextlib.suppress(MlflowException):  # it exists already
+    with contextlib.suppress(MlflowException):  # it exists already: nothing to say
         client.create_registered_model(model_name)
-    mlflow.set_tracking_uri(store_uri(project_root()))
-    version = mlflow.register_model(run.data.tags[MODEL_URI_TAG], model_name).version
+    model_uri = run.data.tags[MODEL_URI_TAG]  # models:/<model_id>
+    version = client.create_model_version(
+        model_name, model_uri, run_id=run.info.run_id, model_id=model_uri.removeprefix("models:/")
+    ).version
     client.set_registered_model_alias(model_name, alias, version)
     return str(version), run.info.run_id

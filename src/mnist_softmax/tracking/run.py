@@ -55,11 +55,11 @@ class RunHandle:
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         self.client.log_inputs(self.run_id, [entity])
 
-    def log_model(self, model: Any, arch: dict, input_example: Any) -> None:
+    def log_model(self, model: Any, arch: dict, preprocessing: dict, input_example: Any) -> None:
         """The run's MLflow model (logged_model.py); its URI goes into the tag mlflow_model_uri."""
         from mnist_softmax.tracking.logged_model import log_model
 
-        self.set_tags({MODEL_URI_TAG: log_model(model, arch, input_example)})
+        self.set_tags({MODEL_URI_TAG: log_model(model, arch, preprocessing, input_example)})
 
     def set_model_hash(self, model_sha256: str) -> None:
         """Mark the run as the producer of this model file; evaluate and plot look runs up by it."""

@@ -8,6 +8,7 @@ copy's run file names, else the one run tagged with the model's SHA-256 (restore
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from mnist_softmax.tracking.completion import copy_earlier_results
 from mnist_softmax.tracking.context import process_identity, run_context_tags
 from mnist_softmax.tracking.interface import NullRun, Run
 from mnist_softmax.tracking.lifecycle import (
@@ -36,8 +38,17 @@ AMBIGUOUS_TAG = "pipeline.model_runs"  # on a run evaluate/plot opened: the runs
 EVALUATED_HASH_TAG = "model_sha256_evaluated"  # on such a run: the model it evaluated
 
 
+def quiet_mlflow() -> None:
+    """A stage prints its own lines and real warnings only: no INFO lines of MLflow's (store creation, input
+    example checks) or alembic's, no progress bars for MLflow's internal artifact downloads."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 class MlflowTracker:
     def __init__(self, experiment: str, root: Path | None = None, run_file: str | Path | None = None):
+        quiet_mlflow()
         self.client, self.experiment_id, self.uri = open_store(experiment, root)
         self.run_file = Path(run_file) if run_file else None
         mlflow.set_tracking_uri(self.uri)
@@ -52,11 +63,19 @@ class MlflowTracker:
         """A new run for one training, tagged with where it runs (git commit, DVC experiment, sweep trial); the
         train stage's outcome ends it (lifecycle.py)."""
         tags = {**run_context_tags(), **tags, **owner_tags("train"), STAGE_TAG + "train": "RUNNING"}
+        # Named after what made it: the DVC experiment, else the workspace and its commit.
+        commit = tags.get("git_commit", "")
+        run_name = run_name or ("workspace@" + commit[:7] if commit else "workspace")
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags)
         handle = RunHandle(self.client, run.info.run_id)
         self._link(handle.run_id, None, reused=False)
+
+        def on_success() -> None:
+            if handle.model_sha256:
+                self._complete(handle.run_id, handle.model_sha256)
+            self._link(handle.run_id, handle.model_sha256, False)
+
         try:
-            on_success = lambda: self._link(handle.run_id, handle.model_sha256, False)
             with (
                 stage_attempt(self.client, self.uri, handle.run_id, "train", on_success=on_success),
                 heartbeat(self.client, handle.run_id),
@@ -66,6 +85,20 @@ class MlflowTracker:
         finally:
             # the run is ended already (end_stage): this only clears the active-run state, keeping its status
             mlflow.end_run(self.client.get_run(handle.run_id).info.status)
+
+    def _complete(self, run_id: str, model_sha256: str, log: Callable[[str], None] = print) -> None:
+        """If an earlier run made the same model bytes, DVC will skip evaluate and plot: copy their results from
+        there (completion.py), saying so. A failed copy costs the run its copy, not the training."""
+        try:
+            source = copy_earlier_results(self.client, self.experiment_id, run_id, model_sha256)
+        except Exception as e:
+            log(f"mlflow: could not copy the results of an earlier run of model {model_sha256[:12]}: {e}")
+            return
+        if source:
+            log(
+                f"mlflow: run {source} made the same model bytes: its evaluation and plots are copied into this"
+                " run (tags pipeline.copied.*) until evaluate and plot run on it"
+            )
 
     @contextlib.contextmanager
     def attached_run(self, model_sha256: str, stage: str, log: Callable[[str], None] = print) -> Iterator[Run]:
