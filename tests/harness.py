@@ -24,6 +24,7 @@ BIN = Path(sys.executable).parent  # the venv running this: its python, dvc and 
 STAGES = list(YAML(typ="safe").load((ROOT / "dvc.yaml").read_text())["stages"])  # in pipeline order
 EXPERIMENT = YAML(typ="safe").load((ROOT / "params.yaml").read_text())["tracking"]["experiment"]
 WAIT_S = 240  # ceiling for anything to happen on a loaded 2-core machine; never a pass condition
+QUEUE_POLL_S = 4  # each `dvc queue status` is a ~1 s DVC process, on the cores the experiments train on
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "tests",
     "GIT_AUTHOR_EMAIL": "tests@example.invalid",
@@ -245,7 +246,7 @@ def wait_queue_done(root: Path, count: int, timeout: float = 600) -> str:
             return table
         if time.monotonic() > deadline:
             raise AssertionError(f"{len(ended)} of {count} experiments ended after {timeout} s:\n{table}")
-        time.sleep(2)
+        time.sleep(QUEUE_POLL_S)
 
 
 def stop_queue(root: Path, kill: bool = False) -> None:
