@@ -5,6 +5,7 @@ through MlflowClient.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -105,6 +106,26 @@ def ran_stages(output: str) -> list[str]:
 
 
 # ---- params.yaml, read and written as DVC does ---------------------------------------------------------
+
+
+def package_imports(path: Path) -> set[str]:
+    """Every module a Python file imports, anywhere in it (function-level imports included); `from X import
+    Y` counts module X.Y when there is one in src/, else X."""
+    found = set()
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if is_module(submodule) else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return found
+
+
+def is_module(name: str) -> bool:
+    """Whether src/ has module or package `name`."""
+    path = ROOT / "src" / name.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def read_yaml(path: Path):

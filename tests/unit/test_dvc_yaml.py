@@ -3,11 +3,9 @@ messages, and run tracking) is a dep of that stage, and every dep exists."""
 
 from __future__ import annotations
 
-import ast
-
 import pytest
 
-from tests.harness import ROOT, STAGES, read_yaml
+from tests.harness import ROOT, STAGES, package_imports, read_yaml
 
 PACKAGE = "mnist_softmax"
 NOT_DEPS = (
@@ -26,15 +24,8 @@ def source(module: str) -> str:
 
 
 def imported_modules(path) -> set[str]:
-    """The package modules a file imports, anywhere in it (function-level imports included)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PACKAGE):
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from package import module`
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith(PACKAGE + ".")}
-    return {m for m in found if (ROOT / source(m)).is_file()}  # a package's __init__ is no dep
+    """The package's modules a file imports (a package's __init__ is no dep)."""
+    return {m for m in package_imports(path) if m.startswith(PACKAGE + ".") and (ROOT / source(m)).is_file()}
 
 
 def closure(start: set[str]) -> set[str]:

@@ -4,12 +4,11 @@ import each other in a cycle (function-level imports included)."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
-from tests.harness import ROOT
+from tests.harness import ROOT, package_imports
 
 PACKAGE = ROOT / "src" / "mnist_softmax"
 # A layer may import the layers before it, never those after it.
@@ -22,25 +21,7 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def is_module(name: str) -> bool:
-    path = ROOT / "src" / name.replace(".", "/")
-    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
-
-
-def imports(path: Path) -> set[str]:
-    """Every module a file imports, anywhere in it; `from package import module` counts the module."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:
-                submodule = f"{node.module}.{alias.name}"
-                found.add(submodule if is_module(submodule) else node.module)
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-    return found
-
-
-MODULES = {module_name(p): imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+MODULES = {module_name(p): package_imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
 EDGES = {module: {name for name in names if name in MODULES and name != module} for module, names in MODULES.items()}
 
 
@@ -70,7 +51,7 @@ def test_shared_modules_import_no_layer():
 def test_the_stages_use_the_tracking_interface_only():
     """pipeline/<stage>.py opens tracking through mnist_softmax.tracking, never MLflow or tracking's modules."""
     for stage in sorted((ROOT / "pipeline").glob("*.py")):
-        names = imports(stage)
+        names = package_imports(stage)
         assert not [n for n in names if n.startswith("mlflow")], stage.name
         used = {n for n in names if n in MODULES and layer(n) == 1}
         assert used <= {"mnist_softmax.tracking"}, (stage.name, used)

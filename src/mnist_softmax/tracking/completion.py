@@ -17,7 +17,7 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from mnist_softmax.tracking.lifecycle import COPIED_TAG, STAGE_TAG
+from mnist_softmax.tracking.lifecycle import COPIED_TAG, stage_outcomes
 from mnist_softmax.tracking.run import MODEL_HASH_TAG, RunHandle
 
 NOT_COPIED = ("dvc_exp_reused",)  # what the earlier run holds for other experiments that reused it
@@ -36,12 +36,8 @@ def copy_earlier_results(client: MlflowClient, experiment_id: str, run_id: str, 
     source, mine = earlier[0], client.get_run(run_id)
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in source.data.metrics.items() if k not in mine.data.metrics]
-    stages = [
-        key.removeprefix(STAGE_TAG)
-        for key, value in source.data.tags.items()
-        if key.startswith(STAGE_TAG) and "." not in key.removeprefix(STAGE_TAG) and value == "FINISHED"
-    ]
-    tags = {COPIED_TAG + stage: source.info.run_id for stage in stages if stage != "train"}
+    finished = [s for s, outcome in stage_outcomes(source.data.tags).items() if outcome == "FINISHED"]
+    tags = {COPIED_TAG + stage: source.info.run_id for stage in finished if stage != "train"}
     have = {a.path for a in client.list_artifacts(run_id)}
     with tempfile.TemporaryDirectory() as tmp:
         for artifact in client.list_artifacts(source.info.run_id):

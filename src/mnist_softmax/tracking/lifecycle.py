@@ -55,9 +55,15 @@ def stage_key(stage: str, reused_as: str = "") -> str:
     return f"{REUSED_STAGE_TAG}{reused_as}.{stage}" if reused_as else STAGE_TAG + stage
 
 
+def stage_outcomes(tags: dict[str, str]) -> dict[str, str]:
+    """Each stage's latest attempt on the run, from its tags: stage -> RUNNING, FINISHED, FAILED or KILLED."""
+    stages = {key.removeprefix(STAGE_TAG): value for key, value in tags.items() if key.startswith(STAGE_TAG)}
+    return {stage: value for stage, value in stages.items() if "." not in stage}  # not the `.reason` tags
+
+
 def derived_status(tags: dict[str, str]) -> str:
     """The run's status from its stages' latest attempts (a stage still running does not count)."""
-    outcomes = {v for k, v in tags.items() if k.startswith(STAGE_TAG) and "." not in k[len(STAGE_TAG) :]}
+    outcomes = set(stage_outcomes(tags).values())
     return next((s for s in ("FAILED", "KILLED") if s in outcomes), "FINISHED")
 
 
