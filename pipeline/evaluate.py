@@ -44,7 +44,7 @@ def main(argv=None):
         write_per_class(args.per_class, per_class)
         write_confusion(args.confusion, classes, confusion.tolist())
         write_predictions(args.predictions, classes, labels.tolist(), result.predicted.tolist())
-        mlrun.log_metrics(summary_metrics(summary, per_class))
+        mlrun.log_metrics(summary_metrics(summary))
         for path in (args.metrics, args.per_class, args.confusion, args.predictions):
             mlrun.log_artifact(path, "evaluation")
         print(f"evaluate: test accuracy {100 * result.accuracy:.2f}%  test loss {result.loss:.4f}")

@@ -420,3 +420,95 @@ def metric_steps(uri_or_root, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def steps(uri_or_root, run_id: str, key: str = "train_loss") -> list[int]:
     return [step for step, _ in metric_steps(uri_or_root, run_id, key)]
+
+
+# ---- a browser and the MLflow UI -------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")  # Debian's chromium, chromium-driver
+
+
+@contextlib.contextmanager
+def chromium(profile: Path):
+    """Headless Chromium under selenium, its profile in `profile`. Every host name but 127.0.0.1 and localhost
+    resolves to nothing, so no request leaves the machine; each request is in Chrome's performance log
+    (`requested_urls`)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert CHROMIUM and CHROMEDRIVER, "Debian's chromium and chromium-driver are not installed"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1500,1000",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers on the network
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def requested_urls(driver) -> list[str]:
+    """The URLs the browser requested since the last call, its own chrome:// pages left out."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return [u for u in urls if not u.startswith("chrome")]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_ui(root: Path, log: Path):
+    """`mlflow ui` on 127.0.0.1 in `root` with no store flags (it opens ./mlflow.db), one worker; yields its URL."""
+    import urllib.request
+
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [BIN / "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=root,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mlflow ui did not come up (exit {proc.poll()}):\n{log.read_text()}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker: the group we started
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)

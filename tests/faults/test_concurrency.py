@@ -71,7 +71,7 @@ def test_two_trainings_on_a_fresh_store_at_once(project, tmp_path):
     assert len(found) == 2 and {r.info.status for r in found} == {"FINISHED"}
     assert len({r.data.tags["pipeline.pid"] for r in found}) == 2
     for run in found:
-        for key in ("train_loss", "test_loss", "test_accuracy", "epoch_seconds"):
+        for key in ("train_loss", "test_loss", "test_accuracy", "system/epoch_seconds"):
             assert H.steps(uri, run.info.run_id, key) == list(range(1, epochs + 1)), (
                 run.info.run_id,
                 key,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from mnist_softmax.tracking.completion import copy_earlier_results
 from mnist_softmax.tracking.context import process_identity, run_context_tags
@@ -36,6 +37,27 @@ REUSED_TAG = "dvc_exp_names_reused"  # those experiments' names, comma-separated
 REUSED_ARTIFACTS = "dvc_exp_reused"  # their stages' files go to dvc_exp_reused/<experiment>/...
 AMBIGUOUS_TAG = "pipeline.model_runs"  # on a run evaluate/plot opened: the runs that all produced its model
 EVALUATED_HASH_TAG = "model_sha256_evaluated"  # on such a run: the model it evaluated
+# The colour the UI draws a run in (MLflow's own tag, also set by its colour picker). Unset, the UI hashes the run
+# id into its palette, where two runs often share a colour. Tableau 10: ten colours told apart at a glance.
+COLOR_TAG = "mlflow.runColor"
+RUN_COLORS = (
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+)  # fmt: skip
+COLOR_WINDOW = 5  # runs started at once (a queue's workers) get distinct colours up to this many
+
+
+def run_color(client: MlflowClient, run_id: str) -> str:
+    """The colour after that of the latest run started before this one, among the store's latest runs: consecutive
+    runs cycle through the palette. Runs started beside this one take distinct free colours, in start order."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    recent = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=COLOR_WINDOW)[::-1]
+    colours = [r.data.tags.get(COLOR_TAG) for r in recent]
+    ids = [r.info.run_id for r in recent]
+    before = [c for c in colours[: ids.index(run_id) if run_id in ids else None] if c in RUN_COLORS]
+    start = RUN_COLORS.index(before[-1]) + 1 if before else 0
+    free = [c for c in RUN_COLORS[start:] + RUN_COLORS[:start] if c not in colours]
+    uncoloured = [i for i, c in zip(ids, colours) if c is None]
+    return free[uncoloured.index(run_id) % len(free) if run_id in uncoloured else 0]
 
 
 def quiet_mlflow() -> None:
@@ -44,6 +66,7 @@ def quiet_mlflow() -> None:
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run at" after each call
 
 
 class MlflowTracker:
@@ -80,11 +103,18 @@ class MlflowTracker:
                 stage_attempt(self.client, self.uri, handle.run_id, "train", on_success=on_success),
                 heartbeat(self.client, handle.run_id),
             ):
+                with contextlib.suppress(MlflowException):  # without it the run keeps the UI's own colour
+                    handle.set_tags({COLOR_TAG: run_color(self.client, handle.run_id)})
                 handle.log_params(params)
                 yield handle
         finally:
-            # the run is ended already (end_stage): this only clears the active-run state, keeping its status
-            mlflow.end_run(self.client.get_run(handle.run_id).info.status)
+            # the run is ended already (end_stage): this only clears the active-run state, keeping its status.
+            # A lost server must not hide the stage's own error: its run is ended later (lifecycle.py).
+            status = "FAILED"
+            with contextlib.suppress(Exception):
+                status = self.client.get_run(handle.run_id).info.status
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status)  # leaves no active run for MLflow's exit hook to mark FINISHED
 
     def _complete(self, run_id: str, model_sha256: str, log: Callable[[str], None] = print) -> None:
         """If an earlier run made the same model bytes, DVC will skip evaluate and plot: copy their results from
