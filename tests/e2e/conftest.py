@@ -130,12 +130,12 @@ BOB = ("bob", "bob-password-123456")  # reads only
 
 @pytest.fixture(scope="session")
 def stack():
-    """`mnist_softmax.team.stack.Stack` on 127.0.0.1: PostgreSQL, moto's S3, `mlflow server` with basic auth; alice
-    may log runs in the project's experiment, bob may read them."""
+    """`mnist_softmax.team.stack.Stack` on 127.0.0.1: PostgreSQL, `mlflow server` with basic auth serving the
+    artifacts from its state folder, the DVC remote a folder beside them; alice may log runs in the project's
+    experiment, bob may read them."""
     from mnist_softmax.team.stack import Stack
 
     folder = Path(tempfile.mkdtemp(prefix="team-stack-"))  # under /tmp: the postgres user must reach it
-    folder.chmod(0o755)
     with Stack(folder, ADMIN_PASSWORD) as s:
         for user in (ALICE, BOB):
             s.add_user(*user)
@@ -146,8 +146,8 @@ def stack():
 
 
 def client_env(stack, user=ALICE, **extra) -> dict[str, str]:
-    """A clone's environment on the stack: the server and its user, the S3 keys (no bucket endpoint for
-    MLflow: the server proxies the artifacts)."""
+    """A clone's environment on the stack: the server and its user, the S3 keys if the stack has a store (no
+    bucket endpoint for MLflow: the server proxies the artifacts)."""
     s3 = {k: v for k, v in stack.s3_env().items() if k.startswith("AWS_")}
     return P.env(**stack.client_env(*user), **s3, **extra)
 
@@ -163,15 +163,14 @@ def bob(stack, monkeypatch):
 
 
 def team_clone(stack, template, where: Path, name: str) -> tuple[Path, Path]:
-    """(bare git remote, clone A): a clone of the tiny template with the team's S3 DVC remote, pushed to a new
+    """(bare git remote, clone A): a clone of the tiny template with the team's DVC remote, pushed to a new
     bare git remote, its baseline results in the DVC remote with the run-cache."""
-    from mnist_softmax.team.stack import DVC_BUCKET
-
     bare = where / f"{name}.git"
     P.run(["git", "init", "-q", "--bare", "-b", "main", bare], where)
     a = P.clone_project(template, where / f"{name}-a")
-    P.dvc(a, "remote", "add", "-d", "team", f"s3://{DVC_BUCKET}")
-    P.dvc(a, "remote", "modify", "team", "endpointurl", stack.s3_endpoint)
+    P.dvc(a, "remote", "add", "-d", "team", stack.dvc_remote)
+    if stack.s3_endpoint:
+        P.dvc(a, "remote", "modify", "team", "endpointurl", stack.s3_endpoint)
     P.commit_all(a, "the team's DVC remote")
     P.git(a, "remote", "add", "origin", str(bare))
     P.git(a, "push", "-q", "origin", "main")

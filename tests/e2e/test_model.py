@@ -154,3 +154,18 @@ def test_the_model_is_code_and_safetensors_and_loading_unpickles_nothing(repro_p
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["classes_unpickled"] == [] and result["control"]
     assert result["predicted"] == predicted[:32].tolist()
+
+
+def test_a_logged_model_whose_architecture_was_tampered_with_is_refused_before_it_is_built(
+    repro_project, logged, tmp_path, monkeypatch
+):
+    import mlflow.artifacts
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repro_project.root / 'mlflow.db'}")
+    local = Path(mlflow.artifacts.download_artifacts(logged[1], dst_path=str(tmp_path)))
+    [arch_file] = local.rglob("architecture.json")
+    arch = json.loads(arch_file.read_text())
+    arch_file.write_text(json.dumps({**arch, "hidden_sizes": [50_000, 4096]}))
+    with pytest.raises(Exception, match=r"architecture is invalid:\n  - hidden_sizes.0 = 50000"):
+        mlflow.pyfunc.load_model(str(local))

@@ -40,22 +40,13 @@ def two_clones(stack, template, where, name):
     return bare, a, b
 
 
-def worker(clone, stack, sweep_file):
+def worker(clone, stack, sweep_file, *extra):
+    """A sweep worker; the storage URL (the optuna role's password in it) in its environment, as docs/sweeps.md
+    tells workers to pass it: never on a command line."""
     return P.Proc(
-        [
-            "python",
-            "-m",
-            "mnist_softmax.team.sweep",
-            sweep_file,
-            "--storage",
-            stack.postgres.uri("optuna"),
-            "--push",
-            "origin",
-            "--heartbeat",
-            "2",
-        ],
+        ["python", "-m", "mnist_softmax.team.sweep", sweep_file, "--push", "origin", "--heartbeat", "2", *extra],
         clone,
-        client_env(stack, PYTHONPATH="src"),
+        client_env(stack, PYTHONPATH="src", OPTUNA_STORAGE=stack.postgres.uri("optuna")),
     )
 
 
@@ -121,7 +112,9 @@ def test_a_worker_killed_mid_trial_leaves_nothing_running(stack, template, e2e_d
     _, a, b = two_clones(stack, template, e2e_dir, "sweep-killed")
     for clone in (a, b):
         (clone / "sweep.yaml").write_text(SWEEP.format(study="killed", trials=KILLED_TRIALS))
-    doomed, survivor = worker(a, stack, "sweep.yaml"), worker(b, stack, "sweep.yaml")
+    # The doomed worker's trials train long enough to be killed mid-training, not between two stages.
+    doomed = worker(a, stack, "sweep.yaml", "--set", "train.epochs=300")
+    survivor = worker(b, stack, "sweep.yaml")
     trial = int(doomed.wait_for(r"^sweep: trial (\d+): killed-").group(1))
     deadline = time.monotonic() + 300
     while True:  # until that trial's training is under way
@@ -142,4 +135,4 @@ def test_a_worker_killed_mid_trial_leaves_nothing_running(stack, template, e2e_d
     runs = study_runs(stack, bob, "killed")
     assert "RUNNING" not in {r.info.status for r in runs}
     [killed] = [r for r in runs if r.data.tags.get("sweep.trial") == str(trial)]
-    assert killed.info.status == "FAILED"
+    assert killed.info.status == "FAILED", {k: v for k, v in killed.data.tags.items() if k.startswith("pipeline")}

@@ -1,14 +1,18 @@
 """Working as a team, for real on this machine: the stack of `python -m mnist_softmax.team.stack` (a temporary
-PostgreSQL cluster run as the `postgres` user, moto's S3 server, `mlflow server` with basic auth and proxied
-artifacts, all on 127.0.0.1), two clones of the project with a bare git remote and the S3 DVC remote, the
-model registry and `mlflow models serve`, and the server's UI in headless Chromium."""
+PostgreSQL cluster run as the `postgres` user, `mlflow server` with basic auth serving the artifacts from the
+stack's folder, all on 127.0.0.1), two clones of the project with a bare git remote and the stack's DVC
+remote, the model registry and `mlflow models serve`, the server's UI in headless Chromium, and what another
+account on the machine can see or do."""
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import json
 import os
 import shutil
+import stat
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -19,9 +23,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from mnist_softmax.core.preprocess import to_pixels
-from mnist_softmax.team.services import free_port
+from mnist_softmax.team.services import StackError, free_port, listens
 from tests import harness as P
-from tests.e2e.conftest import ALICE, BOB, client_env, team_clone
+from tests.e2e.conftest import ADMIN_PASSWORD, ALICE, BOB, client_env, team_clone
 
 pytestmark = [
     pytest.mark.e2e,
@@ -286,3 +290,131 @@ def test_the_ui_shows_the_sweep_to_the_second_user(stack, clones, bob, tmp_path)
     assert all(r.info.run_name in text for r in runs)
     for run in runs:
         assert f"{run.data.metrics['final_test_accuracy']:g}" in text  # in the compare table
+
+
+# ---- what another account on the machine can see or do (the stack's own user is root here) ---------------
+
+
+def as_nobody(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *args], capture_output=True, text=True
+    )
+
+
+def stack_secrets(stack) -> list[str]:
+    folder = stack.folder
+    return [
+        ADMIN_PASSWORD,
+        ALICE[1],
+        BOB[1],
+        (folder / "flask.secret").read_text(),
+        *(p.read_text() for p in folder.glob("db-*.password")),
+    ]
+
+
+def test_no_secret_on_a_command_line_nor_in_a_file_others_can_read(stack):
+    """`ps` as another account shows none of the stack's secrets; its state folder and every secret in it are
+    its owner's (the postgres user's group may only pass through to its cluster)."""
+    secrets = stack_secrets(stack)
+    assert len(secrets) == 8 and all(secrets)  # admin, 2 users, flask, 4 database roles
+    ps = as_nobody("ps", "-eo", "args")
+    assert ps.returncode == 0 and "mlflow server" in ps.stdout, ps.stderr
+    assert [s for s in secrets if s in ps.stdout] == []
+    if os.geteuid() == 0:  # PostgreSQL runs as the postgres user, whose group may pass through
+        assert stat.S_IMODE(stack.folder.stat().st_mode) == 0o710
+        assert stack.folder.stat().st_gid == grp.getgrnam("postgres").gr_gid
+    else:
+        assert stat.S_IMODE(stack.folder.stat().st_mode) == 0o700
+    files = [p for p in stack.folder.iterdir() if p.is_file() and p.suffix in (".password", ".secret", ".ini")]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600} and len(files) == 6
+    for path in [stack.folder, *files]:
+        assert as_nobody("cat", str(path)).returncode != 0, path
+
+
+def test_secrets_are_0600_from_their_first_byte(tmp_path, monkeypatch):
+    """write_secret's file already has mode 0600 when its first byte is written, whatever the umask."""
+    from mnist_softmax.team import services
+
+    modes = []
+    real_write = os.write
+
+    def write(fd, data):
+        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(services.os, "write", write)
+    old = os.umask(0)
+    try:
+        services.write_secret(tmp_path / "s", "secret")
+    finally:
+        os.umask(old)
+    assert modes == [0o600] and (tmp_path / "s").read_text() == "secret"
+
+
+def postgres_connect(uri: str, **override):
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    args = {"host": url.host, "port": url.port, "user": url.username, "password": url.password, "dbname": url.database}
+    return psycopg2.connect(**{**args, **override})
+
+
+def test_every_database_role_reaches_its_own_database_only_and_is_no_superuser(stack):
+    """A sweep worker's URL (the optuna role) cannot run OS commands, nor open MLflow's users or runs; no role
+    the stack hands out is a superuser."""
+    import psycopg2
+
+    roles = {db: stack.postgres.uri(db) for db in ("mlflow", "mlflow_auth", "optuna")}
+    for db, uri in roles.items():
+        con = postgres_connect(uri)
+        try:
+            with con.cursor() as cur:
+                cur.execute("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user")
+                assert cur.fetchone() == (False, False, False), db
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cur.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+        finally:
+            con.close()
+        for other in {"mlflow", "mlflow_auth", "optuna", "postgres"} - {db}:
+            with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
+                postgres_connect(uri, dbname=other).close()
+    config = (stack.folder / "basic_auth.ini").read_text()
+    assert f"//mlflow_auth:{stack.postgres.password('mlflow_auth')}@" in config  # MLflow's users: their role
+
+
+def test_the_default_store_checks_credentials(stack, clones, bob):
+    """Without --s3-endpoint or --demo-s3 nothing listens that answers without credentials: the artifacts are
+    in the state folder, served by MLflow behind basic auth, and the DVC remote is a folder beside them; no
+    other account can read or change either."""
+    assert stack.s3_endpoint is None and len(stack.procs) == 1  # the MLflow server only: no S3 server
+    [run] = [r for r in server_runs(stack, bob) if r.info.run_name == clones["names"][LRS[0]]]
+    experiment_id, run_id = run.info.experiment_id, run.info.run_id
+    stored = stack.folder / "artifacts" / experiment_id / run_id / "artifacts" / "evaluation" / "eval.json"
+    assert stored.is_file()
+    path = f"/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}/artifacts/evaluation/eval.json"
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"{stack.url}{path}", timeout=10)
+    assert anonymous.value.code == 401
+    with pytest.raises(StackError, match="HTTP 403"):  # a reader cannot overwrite it
+        stack.api("PUT", path, {"accuracy": 1.0}, user=BOB[0], password=BOB[1])
+    assert json.loads(stored.read_text())["test_accuracy"] == run.data.metrics["final_test_accuracy"]
+    dvc = Path(stack.dvc_remote)
+    assert any(p.is_file() for p in dvc.rglob("*"))  # the clones pushed there
+    for target in (stored, dvc):
+        assert as_nobody("ls", str(target)).returncode != 0, target
+        assert as_nobody("touch", str(target / "x" if target.is_dir() else target)).returncode != 0, target
+
+
+def test_credentials_go_only_to_a_listener_of_the_stacks_own_server(stack):
+    """What the stack checks before it sends a password: the listening socket of the port belongs to its
+    MLflow server's processes, not to another program that answers there."""
+    import socket
+
+    server = stack.procs[-1].pid
+    assert listens(server, stack.mlflow_port)
+    with socket.socket() as other:  # another program's listener, on another port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        assert not listens(server, other.getsockname()[1])
+        assert listens(os.getpgid(0), other.getsockname()[1])

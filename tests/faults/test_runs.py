@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tests import harness as H
+from tests.faults.conftest import TRAIN_CMD
 
 EPOCH_LINE = r"^epoch +{n}/{total} "
 
@@ -49,10 +50,31 @@ def test_sigkill_of_the_whole_process_group_ends_the_run_failed(project):
     assert "ended without closing the run" in run.data.tags["pipeline.end_reason"]
 
 
-def test_runs_of_a_machine_that_went_down_are_ended_by_the_next_stage(project):
-    """A RUNNING run whose heartbeat stopped long ago on another machine (another boot id), one whose pid on
-    this machine now belongs to another process (another start time), and a live one: the next stage that
-    opens the store ends the first two FAILED and leaves the third alone."""
+# A live process on a machine whose clock is 15 minutes behind: it renews its run's heartbeat with its own time.
+LAGGING_BEATS = """
+import sys, time
+from mlflow.tracking import MlflowClient
+client = MlflowClient(sys.argv[1])
+while True:
+    client.set_tag(sys.argv[2], "pipeline.heartbeat", str(int((time.time() - 900) * 1000)))
+    time.sleep(0.5)
+"""
+OPEN_STORE = f"from mnist_softmax.tracking.tracker import MlflowTracker; MlflowTracker({H.EXPERIMENT!r})"
+STALE_S = 3  # MNIST_SOFTMAX_STALE_S in these tests
+
+
+def watch(project) -> None:
+    """What every stage does first: open the store, ending the runs whose process is gone."""
+    done = project.run("python", "-c", OPEN_STORE, env_=H.env(MNIST_SOFTMAX_STALE_S=str(STALE_S)))
+    assert done.returncode == 0, done.stdout
+
+
+def test_runs_of_a_machine_that_went_down_are_ended_on_this_machine_s_clock_alone(project):
+    """RUNNING runs of processes that are gone: one of another machine (another boot id) whose heartbeat never
+    changes, a sweep's study run whose workers all vanished, one whose pid on this machine now belongs to
+    another process (another start time); and one of a live process on a machine whose clock is 15 minutes
+    behind. The first two are ended once this machine has seen their heartbeat unchanged for STALE_S, the
+    third at once, the live one only once its process is suspended that long."""
     client = H.mlflow_client(project.path)
     exp = client.get_experiment_by_name(H.EXPERIMENT).experiment_id
     me = {
@@ -62,44 +84,65 @@ def test_runs_of_a_machine_that_went_down_are_ended_by_the_next_stage(project):
             ("pipeline.pid_namespace", os.readlink("/proc/self/ns/pid")),
         )
     }
-    now_ms = int(time.time() * 1000)
-    gone = client.create_run(
-        exp,
-        tags={
-            "pipeline.boot_id": "another-boot",
-            "pipeline.pid_namespace": "x",
-            "pipeline.host": "elsewhere",
-            "pipeline.pid": "4242",
-            "pipeline.heartbeat": str(now_ms - 3600_000),
-        },
-    ).info.run_id
+    elsewhere = {"pipeline.boot_id": "another-boot", "pipeline.pid_namespace": "x", "pipeline.host": "elsewhere"}
+    gone = client.create_run(exp, tags={**elsewhere, "pipeline.pid": "4242", "pipeline.heartbeat": "1"})
     reused_pid = client.create_run(
-        exp,
-        tags={
-            **me,
-            "pipeline.host": "here",
-            "pipeline.pid": str(os.getpid()),
-            "pipeline.pid_start": "1",
-            "pipeline.heartbeat": str(now_ms),
-        },
-    ).info.run_id
-    alive = client.create_run(
-        exp,
-        tags={
-            "pipeline.boot_id": "another-boot",
-            "pipeline.pid_namespace": "x",
-            "pipeline.host": "elsewhere",
-            "pipeline.pid": "4242",
-            "pipeline.heartbeat": str(now_ms),
-        },
-    ).info.run_id
-    project.params(**{"train.epochs": 1})
-    assert project.dvc("repro", "train").returncode == 0
+        exp, tags={**me, "pipeline.host": "here", "pipeline.pid": str(os.getpid()), "pipeline.pid_start": "1"}
+    )
+    behind = client.create_run(exp, tags={**elsewhere, "pipeline.pid": "4343"})
+    study = client.create_run(exp, tags={"pipeline.owner_stage": "sweep", "pipeline.heartbeat": "1"})  # its workers
+    writer = project.start("python", "-c", LAGGING_BEATS, H.store_uri(project.path), behind.info.run_id)
+
+    watch(project)
     status = {r.info.run_id: r for r in project.runs()}
-    assert status[gone].info.status == "FAILED"
-    assert "no heartbeat from process 4242 on elsewhere for" in status[gone].data.tags["pipeline.end_reason"]
-    assert status[reused_pid].info.status == "FAILED"
-    assert status[alive].info.status == "RUNNING"
+    assert status[reused_pid.info.run_id].info.status == "FAILED"
+    assert status[gone.info.run_id].info.status == "RUNNING"  # not seen long enough yet
+    time.sleep(STALE_S + 1)
+    watch(project)
+    status = {r.info.run_id: r for r in project.runs()}
+    reason = status[gone.info.run_id].data.tags["pipeline.end_reason"]
+    assert status[gone.info.run_id].info.status == "FAILED"
+    assert reason.startswith("no heartbeat from process 4242 on elsewhere for "), reason
+    assert status[behind.info.run_id].info.status == "RUNNING"  # its clock is behind, its heartbeat alive
+    assert status[study.info.run_id].info.status == "FAILED"
+    assert (
+        status[study.info.run_id]
+        .data.tags["pipeline.end_reason"]
+        .startswith("sweep: no heartbeat from the sweep process for ")
+    )
+
+    os.killpg(writer.popen.pid, signal.SIGSTOP)  # a suspended laptop
+    try:
+        watch(project)
+        time.sleep(STALE_S + 1)
+        watch(project)
+    finally:
+        os.killpg(writer.popen.pid, signal.SIGCONT)
+    assert H.mlflow_client(project.path).get_run(behind.info.run_id).info.status == "FAILED"
+
+
+def test_a_run_ended_while_its_process_was_suspended_is_running_again_when_it_wakes(project):
+    """The train stage in its own pid namespace (to the store, another machine), suspended longer than
+    STALE_S: another stage ends its run; woken, the stage makes it RUNNING again, saying so, and finishes it."""
+    project.params(**{"train.epochs": 300})
+    beats = H.env(PYTHONPATH="src", MNIST_SOFTMAX_HEARTBEAT_S="1")
+    stage = project.start("unshare", "--pid", "--fork", *TRAIN_CMD, env_=beats)
+    stage.wait_for(EPOCH_LINE.format(n=1, total=300))
+    os.killpg(stage.popen.pid, signal.SIGSTOP)
+    try:
+        watch(project)
+        time.sleep(STALE_S + 1)
+        watch(project)
+        ended = project.runs()[-1]
+        assert ended.info.status == "FAILED" and "no heartbeat from process" in ended.data.tags["pipeline.end_reason"]
+    finally:
+        os.killpg(stage.popen.pid, signal.SIGCONT)
+    assert stage.wait() == 0, stage.output
+    assert f"mlflow: run {ended.info.run_id} was ended while this process was not heard from" in stage.output
+    run = project.runs()[-1]
+    assert run.info.status == "FINISHED" and run.data.tags["pipeline.stage.train"] == "FINISHED"
+    assert run.data.tags["pipeline.revived"] == ended.data.tags["pipeline.end_reason"]
+    assert not run.data.tags.get("pipeline.end_reason")
 
 
 def plot_argv(project) -> list[str]:

@@ -3,11 +3,18 @@ it exits non-zero and DVC caches nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
 import socket
 import subprocess
+import time
+import urllib.request
 
 import pytest
 
+from tests import harness as H
+from tests.faults.conftest import TRAIN_CMD
 from tests.harness import env
 
 
@@ -60,3 +67,79 @@ def test_read_only_sqlite_store(project):
     ), done.stdout
     assert_stopped_before_training(project, done, lock, cache)
     assert project.db.read_bytes() == before
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (SQLite behind it), started and killed by the test, same port."""
+
+    def __init__(self, folder):
+        self.folder, self.port = folder, closed_port()
+        self.proc: H.Proc | None = None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        args = [
+            "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+            "--artifacts-destination", str(self.folder / "artifacts"),
+        ]  # fmt: skip
+        self.proc = H.Proc(args, self.folder, env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+        deadline = time.monotonic() + H.WAIT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.uri}/health", timeout=5):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"mlflow server did not start:\n{self.proc.output}")
+
+    def kill(self):
+        assert self.proc is not None
+        self.proc.kill_tree()
+
+
+def train(project, uri) -> H.Proc:
+    """A long training on the server (epochs are milliseconds here), once its first epoch is logged."""
+    project.params(**{"train.epochs": 5000})
+    proc = project.start(*TRAIN_CMD, env_=env(MLFLOW_TRACKING_URI=uri, PYTHONPATH="src"))  # its tiny dataset
+    proc.wait_for(r"^epoch +1/")
+    return proc
+
+
+def test_a_lost_tracking_server_is_one_clear_error_and_ctrl_c_does_not_wait_for_it(project, tmp_path):
+    """MLflow's own retries would hold each call for minutes. The next stage to open the store ends the run."""
+    server = MlflowServer(tmp_path)
+    server.start()
+    lost = train(project, server.uri)
+    server.kill()
+    assert lost.wait(timeout=90) == 1, lost.output  # the ceiling only catches a hang: MLflow's defaults
+    assert f"train: error: lost the MLflow tracking server {server.uri} (" in lost.output, lost.output
+    assert "Traceback" not in lost.output
+
+    server.start()
+    interrupted = train(project, server.uri)  # its stage opened the store: the lost run is ended
+    first = H.runs(server.uri)[0]
+    assert first.info.status == "FAILED"
+    assert "ended without closing the run" in first.data.tags["pipeline.end_reason"]
+    server.kill()
+    interrupted.popen.send_signal(signal.SIGINT)
+    assert interrupted.wait(timeout=60) == 130, interrupted.output
+    assert "train: interrupted (Ctrl-C)" in interrupted.output
+    assert "Traceback" not in interrupted.output
+
+
+def test_a_deleted_experiment_is_refused_at_once_with_the_command_that_restores_it(project):
+    project.params(**{"train.epochs": 3})
+    client = H.mlflow_client(project.path)
+    experiment = client.get_experiment_by_name(H.EXPERIMENT)
+    client.delete_experiment(experiment.experiment_id)
+    lock, cache = project.read("dvc.lock"), run_cache(project)
+    done = project.dvc("repro", "train")
+    command = re.search(r"restore it with `([^`]+)`", done.stdout)
+    assert command and f"train: error: experiment {H.EXPERIMENT!r} (id {experiment.experiment_id}) is deleted" in (
+        done.stdout
+    ), done.stdout
+    assert_stopped_before_training(project, done, lock, cache)
+
+    restored = project.run("bash", "-c", command.group(1))
+    assert restored.returncode == 0, restored.stdout
+    assert project.dvc("repro", "train").returncode == 0
+    assert H.mlflow_client(project.path).get_experiment(experiment.experiment_id).lifecycle_stage == "active"

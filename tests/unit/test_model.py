@@ -142,3 +142,32 @@ def test_load_model_refuses_garbage(tmp_path):
     path.write_bytes(b"<html>not a model</html>")
     with pytest.raises(ValueError, match="refused to load"):
         load_model(path)
+
+
+def test_load_model_refuses_an_architecture_params_yaml_could_not_make_before_building_it(tmp_path):
+    """A ~1 KB file naming a 50,000 x 4,096 layer: built, it would take ~800 MB before any check."""
+    path = tmp_path / "huge.pt"
+    torch.save({"arch": architecture(784, [50_000, 4096], 10, "relu"), "state_dict": {}}, path)
+    assert path.stat().st_size < 4096
+    with pytest.raises(
+        ValueError, match=r"architecture is invalid:\n  - hidden_sizes.0 = 50000: .*less than or equal to 4096"
+    ):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.pop("net.2.bias"), "are not the layers its architecture names"),
+        (lambda s: s.__setitem__("net.0.weight", torch.zeros(16, 783)), r"net.0.weight is torch.float32 \(16, 783\)"),
+        (lambda s: s.__setitem__("net.2.bias", s["net.2.bias"].double()), r"net.2.bias is torch.float64 \(10,\)"),
+    ],
+)
+def test_load_model_refuses_weights_that_are_not_its_architecture_s(tmp_path, change, message):
+    arch = architecture(784, [16], 10, "relu")
+    state = dict(build(arch).state_dict())
+    change(state)
+    path = tmp_path / "model.pt"
+    torch.save({"arch": arch, "state_dict": state}, path)
+    with pytest.raises(ValueError, match=message):
+        load_model(path)

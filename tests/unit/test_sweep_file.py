@@ -3,10 +3,23 @@ each value of the search space one that params.yaml accepts for its key."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mnist_softmax.core.settings import ParamsError
-from mnist_softmax.team.sweep_file import Categorical, FloatRange, IntRange, load_sweep, metric_of
+from mnist_softmax.team.sweep_file import (
+    Categorical,
+    FloatRange,
+    IntRange,
+    differences,
+    dvc_would_write,
+    fingerprint,
+    load_sweep,
+    metric_of,
+    override,
+    settings_problems,
+)
 from tests.harness import ROOT
 
 PARAMS = ROOT / "params.yaml"
@@ -70,6 +83,11 @@ def test_a_good_sweep_file_loads(tmp_path):
             "pruning needs an objective the train stage",
         ),
         (("trials: 8", "trials: &n 8\nagain: *n"), "aliases are not allowed"),
+        (
+            ("  model.activation:", "  tracking.experiment: {type: categorical, choices: ['${oc.env:HOME}']}\n  x:"),
+            "space.tracking.experiment = '${oc.env:HOME}': -S tracking.experiment='${oc.env:HOME}': DVC would"
+            " write another value into params.yaml",
+        ),
     ],
 )
 def test_a_bad_sweep_file_is_refused_naming_the_problem(tmp_path, change, says):
@@ -84,3 +102,106 @@ def test_metric_of_reads_dotted_keys_of_the_metrics_file():
     metrics = {"test_accuracy": 0.97, "per_class_accuracy": {"3": 0.95}}
     assert metric_of(metrics, "test_accuracy") == 0.97
     assert metric_of(metrics, "per_class_accuracy.3") == 0.95
+
+
+@pytest.mark.parametrize(
+    "dotted, says",
+    [
+        ("test_acc", "no metric test_acc (there is: test_accuracy, per_class_accuracy, name)"),
+        ("per_class_accuracy.7", "no metric per_class_accuracy.7 (there is: 3)"),
+        ("test_accuracy.top1", "no metric test_accuracy.top1 (there is: float)"),
+        ("per_class_accuracy", "metric per_class_accuracy is not a number: {'3': 0.95}"),
+        ("name", "metric name is not a number: 'x'"),
+    ],
+)
+def test_metric_of_names_what_there_is_when_the_metric_is_not_there(dotted, says):
+    with pytest.raises(ValueError) as err:
+        metric_of({"test_accuracy": 0.97, "per_class_accuracy": {"3": 0.95}, "name": "x"}, dotted)
+    assert str(err.value) == says
+
+
+# ---- what `dvc exp run -S` writes: DVC's own code (Hydra's override parser, OmegaConf) on a copy --------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "relu",
+        "a,b",
+        "it's",
+        "a\\",
+        "a\\'b",
+        "x\\\\",
+        "null",
+        "true",
+        "1e-3",
+        "[1,2]",
+        "{a: 1}",
+        "sp ace",
+        "'",
+        "é",
+        "=x",
+    ],
+)
+def test_a_string_lands_in_params_yaml_exactly_as_validated(tmp_path, value):
+    setting = override("tracking.experiment", value)
+    assert settings_problems(PARAMS, [setting], {"tracking.experiment": value}) == []
+    assert dvc_would_write(PARAMS, [setting])["tracking"]["experiment"] == value
+
+
+@pytest.mark.parametrize("key, value", [("train.lr", 1e-05), ("train.lr", 0.123456789012345), ("train.epochs", 3)])
+def test_a_number_lands_as_the_same_number(key, value):
+    setting = override(key, value)
+    assert settings_problems(PARAMS, [setting], {key: value}) == []
+    section, name = key.split(".")
+    landed = dvc_would_write(PARAMS, [setting])[section][name]
+    assert landed == value and type(landed) is type(value)
+
+
+@pytest.mark.parametrize(
+    "setting, says",
+    [
+        ("train.threads=1,2", "-S train.threads=1,2: a list of values (a Hydra sweep), not one value"),
+        ("train.lr=range(1,3)", "a list of values (a Hydra sweep)"),
+        ("tracking.experiment=${oc.env:HOME}", "DVC would write another value into params.yaml"),
+        ("tracking.experiment='${oc.env:HOME}'", "DVC would write another value into params.yaml"),
+        ("tracking.experiment=${train.lr}", "DVC would write another value into params.yaml"),
+        ("train.lr=[1", "not one value in DVC's -S grammar"),
+        ("train.lr='0.1'", "train.lr = '0.1': Input should be a valid number"),
+        ("+train.l_r=1", "train.l_r: unknown key"),
+    ],
+)
+def test_a_setting_that_would_not_land_as_read_is_refused(setting, says):
+    problems = settings_problems(PARAMS, [setting], {})
+    assert problems and says in problems[0], problems
+    assert not any(os.environ["HOME"] in p for p in problems)  # a resolved value is never shown
+
+
+def test_a_setting_in_dvc_grammar_is_taken_as_dvc_reads_it():
+    assert settings_problems(PARAMS, ["train.lr=1e-3", "model.hidden_sizes=[8,4]"], {}) == []
+    landed = dvc_would_write(PARAMS, ["train.lr=1e-3", "model.hidden_sizes=[8,4]"])
+    assert landed["train"]["lr"] == 0.001 and landed["model"]["hidden_sizes"] == [8, 4]
+
+
+# ---- the study's fingerprint --------------------------------------------------------------------------
+
+
+def test_the_fingerprint_names_every_difference_but_the_study_name(tmp_path):
+    mine = load(tmp_path, GOOD)
+    other = load(
+        tmp_path,
+        GOOD.replace("study: lr-sweep", "study: other")
+        .replace("test_accuracy, direction: maximize", "test_loss, direction: minimize")
+        .replace("trials: 8", "trials: 9")
+        .replace("high: 0.1", "high: 0.2")
+        .replace("  model.activation: {type: categorical, choices: [relu, gelu]}\n", ""),
+    )
+    assert differences(fingerprint(mine), fingerprint(mine)) == []
+    assert differences(fingerprint(mine), fingerprint(other)) == [
+        'objective.direction: the study\'s is "maximize", this sweep file\'s "minimize"',
+        'objective.metric: the study\'s is "test_accuracy", this sweep file\'s "test_loss"',
+        'space.model.activation: the study\'s is {"type": "categorical", "choices": ["relu", "gelu"]},'
+        " this sweep file's null",
+        "space.train.lr.high: the study's is 0.1, this sweep file's 0.2",
+        "trials: the study's is 8, this sweep file's 9",
+    ]

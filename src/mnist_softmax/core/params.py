@@ -66,9 +66,14 @@ class DataParams(StrictModel):
         return sources
 
 
+LAYER_MAX = 4096  # the widest layer; also what a model file may hold (model.py)
+HiddenSizes = Annotated[_listed(Annotated[int, Field(ge=1, le=LAYER_MAX)]), Field(min_length=1, max_length=8)]  # type: ignore[valid-type]
+Activation = Literal["relu", "tanh", "sigmoid", "gelu"]
+
+
 class ModelParams(StrictModel):
-    hidden_sizes: Annotated[_listed(Annotated[int, Field(ge=1, le=4096)]), Field(min_length=1, max_length=8)]  # type: ignore[valid-type]
-    activation: Literal["relu", "tanh", "sigmoid", "gelu"]
+    hidden_sizes: HiddenSizes  # type: ignore[valid-type]
+    activation: Activation
 
 
 class TrainParams(StrictModel):

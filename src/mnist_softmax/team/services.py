@@ -1,23 +1,30 @@
-"""The pieces the team's stack (stack.py) is built from: free ports, waiting for a service's health URL,
-secrets kept in 0600 files, and a PostgreSQL cluster run as the `postgres` user."""
+"""The pieces the team's stack (stack.py) is built from: ports and who listens on them, waiting for a
+service's health URL, a private state folder with secrets kept 0600 from their first byte, the services a
+killed stack left running, and a PostgreSQL cluster run as the `postgres` user with one owner role per
+database."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import json
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from mnist_softmax.errors import ExplainedError
 
-POSTGRES_USER = "mlflow"
+SUPERUSER = "postgres"  # the cluster's bootstrap role: only the stack itself logs in with it
+DATABASES = ("mlflow", "mlflow_auth", "optuna")  # each owned by the role of the same name, nothing more
 START_TIMEOUT_S = 120  # mlflow server answers /health after ~20 s on 2 cores
 
 
@@ -25,10 +32,51 @@ class StackError(ExplainedError, RuntimeError):
     """A service of the stack could not start; the message says which and why."""
 
 
+# ---- ports ---------------------------------------------------------------------------------------------
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """StackError unless `port` can be listened on: another program there would be sent our credentials."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no owner
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            raise StackError(
+                f"{what}: port {port} on {host} is already in use by another program; stop it or choose"
+                " another port (a stack left running by a killed one is stopped by the next start)"
+            ) from None
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(fields[9])
+    return inodes
+
+
+def listens(pgid: int, port: int) -> bool:
+    """Whether a process of the process group `pgid` holds the listening socket of `port`."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    for pid in group_members(pgid):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                        return True
+    return False
 
 
 def wait_for(url: str, proc: subprocess.Popen, name: str, log: Path) -> None:
@@ -42,55 +90,165 @@ def wait_for(url: str, proc: subprocess.Popen, name: str, log: Path) -> None:
         time.sleep(0.5)
 
 
+# ---- the state folder and its secrets ------------------------------------------------------------------
+
+
+def private_folder(path: Path, postgres_gid: int | None) -> None:
+    """`path` reachable by its owner only; with `postgres_gid`, the postgres user's group may also pass
+    through (not list) to reach its cluster folder."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if postgres_gid is not None:
+        os.chown(path, -1, postgres_gid)
+    path.chmod(0o710 if postgres_gid is not None else 0o700)
+
+
+def write_secret(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Replace `path` with `text`, mode 0600 (owned by `owner`) from before its first byte: the umask
+    cannot widen a mode given at creation, and a later chmod would leave a moment readable by others."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def secret(path: Path) -> str:
     """A random secret kept in `path` (0600), made on first use."""
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        write_secret(path, secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+def private_log(path: Path):
+    """A service's log, 0600: it may quote URLs and configuration."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+
+
+# ---- services a killed stack left behind ---------------------------------------------------------------
+
+
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                state, _ppid, group = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:3]
+                if int(group) == pgid and state != "Z":  # a zombie has ended, only its parent has not looked
+                    members.append(int(entry))
+    return members
+
+
+def started_at(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), None if there is no such process."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclasses.dataclass
+class ServiceRecord:
+    """The stack's process and the process groups of the services it started, so that the next start with
+    the same folder finds those a SIGKILLed stack could not stop (same boot only: a reboot ended them)."""
+
+    path: Path
+
+    def load(self) -> dict:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            data = json.loads(self.path.read_text())
+            if data.get("boot_id") == boot_id():
+                return data
+        return {}
+
+    def save(self, groups: dict[str, int]) -> None:
+        stack = [os.getpid(), started_at(os.getpid())]
+        self.path.write_text(json.dumps({"boot_id": boot_id(), "stack": stack, "groups": groups}))
+
+    def stop_survivors(self, say: Callable[[str], None]) -> None:
+        """Stop the services of an earlier stack that is gone; StackError if it is still running."""
+        data = self.load()
+        pid, start = data.get("stack", (None, None))
+        if pid and pid != os.getpid() and start is not None and started_at(pid) == start:
+            raise StackError(f"a stack (pid {pid}) is running with this folder: stop it first (Ctrl-C, kill {pid})")
+        for name, pgid in data.get("groups", {}).items():
+            if group_members(pgid):
+                say(f"stack: stopping {name} (process group {pgid}), left running by an earlier stack")
+                stop_group(pgid)
+        self.save({})
+
+
+def stop_group(pgid: int, timeout: float = 20) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Postgres:
-    """A PostgreSQL cluster in `folder`, as the `postgres` user when this process is root."""
+    """A PostgreSQL cluster in `folder`, as the `postgres` user when this process is root. The bootstrap
+    superuser's password stays in the state folder; MLflow's runs, MLflow's users and Optuna's studies are
+    each a database owned by a role of its name that can reach that database only."""
 
     folder: Path
     host: str
     port: int
 
+    def __post_init__(self):
+        self.state = self.folder.parent
+        self.owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+
     def _as_owner(self, args: list[str]) -> list[str]:
-        return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+        return ["runuser", "-u", "postgres", "--", *args] if self.owner else args
+
+    def password(self, role: str) -> str:
+        return secret(self.state / f"db-{role}.password")
+
+    def running(self) -> bool:
+        data = self.folder / "data"
+        return (
+            data.exists()
+            and subprocess.run(self._as_owner(["pg_ctl", "status", "-D", str(data)]), capture_output=True).returncode
+            == 0
+        )
 
     def start(self) -> None:
         for tool in ("initdb", "pg_ctl"):
             if shutil.which(tool) is None:
                 raise StackError(f"PostgreSQL's {tool} is not on PATH (Debian: apt-get install postgresql)")
         data = self.folder / "data"
-        self.password = secret(self.folder.parent / "postgres.password")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0 and subprocess.run(self._as_owner(["test", "-x", str(self.folder.parent)])).returncode:
-            raise StackError(
-                f"the postgres user cannot reach {self.folder.parent}: give --dir a folder whose"
-                " parents it may enter (chmod o+x)"
-            )
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        ids = (self.owner.pw_uid, self.owner.pw_gid) if self.owner else None
+        if ids:
+            os.chown(self.folder, *ids)
+            if subprocess.run(self._as_owner(["test", "-x", str(self.folder)])).returncode:
+                raise StackError(
+                    f"the postgres user cannot reach {self.folder}: give --dir a folder whose parents it may"
+                    " enter (chmod o+x)"
+                )
         if not data.exists():
             pwfile = self.folder / "pwfile"
-            pwfile.write_text(self.password)
-            if os.geteuid() == 0:
-                owner = pwd.getpwnam("postgres")
-                for path in (self.folder, pwfile):
-                    os.chown(path, owner.pw_uid, owner.pw_gid)
+            write_secret(pwfile, self.password(SUPERUSER), owner=ids)
             done = subprocess.run(
                 self._as_owner(
-                    [
-                        "initdb",
-                        "-U",
-                        POSTGRES_USER,
-                        "--auth=scram-sha-256",
-                        f"--pwfile={pwfile}",
-                        "-D",
-                        str(data),
-                    ]
+                    ["initdb", "-U", SUPERUSER, "--auth=scram-sha-256", f"--pwfile={pwfile}", "-D", str(data)]
                 ),
                 capture_output=True,
                 text=True,
@@ -99,54 +257,61 @@ class Postgres:
             if done.returncode != 0:
                 raise StackError(f"initdb failed: {done.stderr.strip()[-2000:]}")
         options = f"-c listen_addresses={self.host} -p {self.port} -k {self.folder}"
+        log = str(self.folder / "postgres.log")
         done = subprocess.run(
-            self._as_owner(
-                [
-                    "pg_ctl",
-                    "-D",
-                    str(data),
-                    "-l",
-                    str(self.folder / "postgres.log"),
-                    "-o",
-                    options,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ]
-            ),
+            self._as_owner(["pg_ctl", "-D", str(data), "-l", log, "-o", options, "-w", "-t", "60", "start"]),
             capture_output=True,
             text=True,
         )
         if done.returncode != 0:
             raise StackError(
-                f"PostgreSQL did not start: {done.stdout.strip()[-1000:]} {done.stderr.strip()[-1000:]}"
-                f" (log: {self.folder / 'postgres.log'})"
+                f"PostgreSQL did not start: {done.stdout.strip()[-1000:]} {done.stderr.strip()[-1000:]} (log: {log})"
             )
-        for database in ("mlflow", "mlflow_auth", "optuna"):
-            self._create_database(database)
+        self._owner_roles()
 
-    def _create_database(self, name: str) -> None:
+    def _owner_roles(self) -> None:
+        """Each database and its owner role, made or brought back to what the stack expects (a restart)."""
         import psycopg2
+        from psycopg2 import sql
 
+        # The Unix socket in the cluster's folder, which only the postgres user can write: no other program
+        # can be listening there, as one could on the TCP port, so the superuser's password reaches our own.
         con = psycopg2.connect(
-            host=self.host,
+            host=str(self.folder),
             port=self.port,
-            user=POSTGRES_USER,
-            password=self.password,
+            user=SUPERUSER,
+            password=self.password(SUPERUSER),
             dbname="postgres",
         )
         con.autocommit = True
         try:
             with con.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-                if cur.fetchone() is None:
-                    cur.execute(f'CREATE DATABASE "{name}"')
+                for name in DATABASES:
+                    role = sql.Identifier(name)
+                    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+                    verb = sql.SQL("ALTER" if cur.fetchone() else "CREATE")
+                    cur.execute(
+                        sql.SQL(
+                            "{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD %s"
+                        ).format(verb, role),
+                        (self.password(name),),
+                    )
+                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                    if cur.fetchone() is None:
+                        cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role))
+                    cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(role))
+                cur.execute("REVOKE ALL ON DATABASE postgres, template1 FROM PUBLIC")
         finally:
             con.close()
 
     def uri(self, database: str) -> str:
-        return f"postgresql+psycopg2://{POSTGRES_USER}:{self.password}@{self.host}:{self.port}/{database}"
+        """The database's URL for clients, as its owner role (never the superuser), over TCP."""
+        return f"postgresql+psycopg2://{database}:{self.password(database)}@{self.host}:{self.port}/{database}"
+
+    def socket_uri(self, database: str) -> str:
+        """The same through the cluster's Unix socket: for the stack's own MLflow server."""
+        where = f"host={self.folder}&port={self.port}"  # the port names the socket file
+        return f"postgresql+psycopg2://{database}:{self.password(database)}@/{database}?{where}"
 
     def stop(self) -> None:
         subprocess.run(

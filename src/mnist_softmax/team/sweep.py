@@ -13,24 +13,49 @@ the DVC remote, so every machine's `dvc exp show` sees every trial.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from mnist_softmax.cli import StageError, run
 from mnist_softmax.core.history import parse_epoch_line
 from mnist_softmax.core.params import load_params
-from mnist_softmax.core.settings import read_yaml
-from mnist_softmax.team.sweep_file import SweepFile, load_sweep, metric_of, refused, suggest
+from mnist_softmax.fileio import read_json
+from mnist_softmax.team.sweep_file import (
+    SweepFile,
+    differences,
+    dotted,
+    fingerprint,
+    load_sweep,
+    metric_of,
+    override,
+    settings_problems,
+    suggest,
+)
 from mnist_softmax.tracking.context import PARENT_RUN_ENV, STUDY_ENV, TRIAL_ENV, project_root
 
 WAIT_S = 5  # between looks at the other workers' trials
 MAX_FAILURES = 3  # trials of one worker failed in a row: it stops
+MAX_WAIT_S = 6 * 3600  # default deadline of a wait for other workers' trials
+MISSED_BEATS = 4  # a trial is failed after this many heartbeats missed
+METRICS_FILE = "metrics/eval.json"  # evaluate's metrics (dvc.yaml): the objective is one of them
+SWEEP_ATTR, PARENT_ATTR = "sweep", "mlflow_parent_run"  # the study's user attrs: its fingerprint, its MLflow run
+
+
+class Excess(Exception):
+    """A trial past the budget: recorded as failed, with the user attr excess."""
+
+
+class GaveUp(StageError):
+    """A wait for other workers passed its deadline: this worker stops (not a failure of its trial)."""
 
 
 def default_storage() -> str:
@@ -38,9 +63,9 @@ def default_storage() -> str:
 
 
 def open_storage(url: str, heartbeat_s: int):
-    """The RDB storage, with heartbeats: a trial whose worker stopped beating for grace_period is failed by
-    the next worker that asks for a trial. Workers opening an empty database at once race on creating its
-    tables: the losers wait and try again."""
+    """The RDB storage, with heartbeats: a trial whose worker stopped beating for the grace period is failed
+    by the next worker that looks. Workers opening an empty database at once race on creating its tables:
+    the losers wait and try again."""
     import optuna
 
     for attempt in range(10):
@@ -48,8 +73,8 @@ def open_storage(url: str, heartbeat_s: int):
             return optuna.storages.RDBStorage(
                 url,
                 heartbeat_interval=heartbeat_s,
-                grace_period=4 * heartbeat_s,
-                failed_trial_callback=_end_trial_run,
+                grace_period=MISSED_BEATS * heartbeat_s,
+                heartbeat_stale_trial_callback=_end_trial_run,
             )
         except Exception:  # sqlalchemy's IntegrityError / ProgrammingError from the racing CREATEs
             if attempt == 9:
@@ -58,15 +83,16 @@ def open_storage(url: str, heartbeat_s: int):
 
 
 def _end_trial_run(study, trial) -> None:
-    """A stale trial was failed: so is its MLflow run, if its stage's guard has not done it."""
+    """A stale trial was failed: so is its MLflow run's running stage, if its guard has not done it."""
     from mnist_softmax.tracking.studies import end_trial_runs
 
-    end_trial_runs(study.study_name, trial.number, "its worker stopped (no Optuna heartbeat)")
+    end_trial_runs(study.study_name, trial.number, "its sweep worker stopped (no Optuna heartbeat)")
 
 
-def open_study(storage, sweep: SweepFile, experiment: str):
-    """(study, parent MLflow run id). The worker that creates the study also opens its MLflow run; the others
-    wait for it to be named in the study's user attrs."""
+def open_study(storage, sweep: SweepFile, experiment: str, log=print):
+    """(study, parent MLflow run id). The worker that creates the study records the sweep file's
+    fingerprint and opens the study's MLflow run; the others wait for both, and refuse to join a study
+    whose sweep file differs from theirs (another objective, budget or space would corrupt its results)."""
     import optuna
 
     from mnist_softmax.tracking.studies import open_study_run
@@ -85,15 +111,24 @@ def open_study(storage, sweep: SweepFile, experiment: str):
             sampler=sampler,
             pruner=pruner,
         )
-        study.set_user_attr("mlflow_parent_run", open_study_run(experiment, sweep.study, sweep.trials))
+        study.set_user_attr(SWEEP_ATTR, fingerprint(sweep))
+        study.set_user_attr(PARENT_ATTR, open_study_run(experiment, sweep.study, sweep.trials))
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=sweep.study, sampler=sampler, pruner=pruner)
     deadline = time.monotonic() + 120
-    while "mlflow_parent_run" not in study.user_attrs:
+    while PARENT_ATTR not in (attrs := study.user_attrs):  # its creator sets the fingerprint first
         if time.monotonic() > deadline:
             raise StageError(f"study {sweep.study} has no MLflow run after 120 s (its creator died?)")
+        log(f"sweep: waiting for the worker that created study {sweep.study} to open its MLflow run")
         time.sleep(1)
-    return study, study.user_attrs["mlflow_parent_run"]
+    theirs = attrs.get(SWEEP_ATTR)
+    if theirs != fingerprint(sweep):
+        found = differences(theirs, fingerprint(sweep)) if isinstance(theirs, dict) else ["it records no sweep file"]
+        raise StageError(
+            f"study {sweep.study} runs another sweep file; this worker would spoil its results, so it does not"
+            " join (use the study's sweep file, or another study name):\n" + "\n".join(f"  - {d}" for d in found)
+        )
+    return study, attrs[PARENT_ATTR]
 
 
 def counts(study) -> tuple[int, int]:
@@ -107,35 +142,184 @@ def counts(study) -> tuple[int, int]:
     )
 
 
+@contextlib.contextmanager
+def beating(storage, trial_id: int) -> Iterator[None]:
+    """The trial's Optuna heartbeat while the block runs (as study.optimize gives it)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is only a late one
+                storage.record_heartbeat(trial_id)
+            if stop.wait(storage.get_heartbeat_interval()):
+                return
+
+    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class StaleTrials:
+    """Fails the trials whose worker is gone. Optuna's fail_stale_trials fails those whose heartbeat is older
+    than the grace period (by the database's clock); a trial whose worker died between creating it and its
+    first beat has no heartbeat, which that rule never sees: it is failed once this worker has seen it
+    RUNNING without one for the grace period (timed here, so no two machines' clocks are compared)."""
+
+    def __init__(self, storage, study, log=print):
+        self.storage, self.study, self.log = storage, study, log
+        self.grace_s = MISSED_BEATS * storage.get_heartbeat_interval()
+        self.unbeating: dict[int, float] = {}  # trial id -> when first seen RUNNING without a heartbeat
+
+    def __call__(self) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        optuna.storages.fail_stale_trials(self.study)
+        running = {t._trial_id: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        now = time.monotonic()
+        self.unbeating = {tid: self.unbeating.get(tid, now) for tid in set(running) - self._beating(set(running))}
+        for tid, since in self.unbeating.items():
+            if now - since < self.grace_s:
+                continue
+            reason = f"no heartbeat at all for {self.grace_s} s: its worker died before its first"
+            try:
+                self.storage.set_trial_user_attr(tid, "fail_reason", reason)
+                self.storage.set_trial_state_values(tid, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # it ended meanwhile
+            self.log(f"sweep: trial {running[tid].number} failed: {reason}")
+            if callback := self.storage.get_heartbeat_stale_trial_callback():  # as fail_stale_trials does
+                callback(self.study, running[tid])
+
+    def _beating(self, trial_ids: set[int]) -> set[int]:
+        """Which of the trials have a heartbeat row (Optuna's table; no API reads it)."""
+        if not trial_ids:
+            return set()
+        import sqlalchemy
+
+        query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+            sqlalchemy.bindparam("ids", expanding=True)
+        )
+        with self.storage.engine.connect() as connection:
+            return {row[0] for row in connection.execute(query, {"ids": sorted(trial_ids)})}
+
+
 class Worker:
     def __init__(
         self,
         sweep: SweepFile,
+        storage,
         study,
         parent_run: str,
         push: str | None,
         fixed: Sequence[str] = (),
+        params_path: str | Path = "params.yaml",
+        max_wait_s: float = MAX_WAIT_S,
         log=print,
     ):
-        self.sweep, self.study, self.parent_run, self.push, self.log = (
+        self.sweep, self.storage, self.study, self.parent_run, self.push, self.log = (
             sweep,
+            storage,
             study,
             parent_run,
             push,
             log,
         )
         self.fixed = list(fixed)  # KEY=VALUE for every trial
+        self.params_path, self.max_wait_s = params_path, max_wait_s
+        self.fail_stale = StaleTrials(storage, study, log)
         self.failures, self.last_failure = 0, ""  # trials failed in a row, the last one's reason
+        self.stopped = False
+        self.waiting_for = ""
+
+    def run(self) -> None:
+        """Trials until the budget is done (or MAX_FAILURES in a row failed): ask, run, tell, as
+        study.optimize does, but a trial that another worker failed meanwhile (this one was paused longer
+        than the grace period) keeps its result instead of ending the worker."""
+        import optuna
+        from optuna.trial import TrialState
+
+        while not self.stopped:
+            self.fail_stale()
+            trial = self.study.ask()
+            try:
+                with beating(self.storage, trial._trial_id):
+                    state, value, reason = self.attempt(trial)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+            if reason:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    trial.set_user_attr("fail_reason", reason[-2000:])
+            try:
+                frozen = self.study.tell(trial, value, state=state, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed by another worker at this moment
+                frozen = self.study.get_trials(deepcopy=False)[trial.number]
+            if frozen.state != state and state == TrialState.COMPLETE:
+                self.requeue(trial, value)
+            self.after_trial(frozen, failed=state == TrialState.FAIL and not trial.user_attrs.get("excess"))
+
+    def attempt(self, trial) -> tuple:
+        """(state, value, reason) of the trial."""
+        import optuna
+        from optuna.trial import TrialState
+
+        try:
+            return TrialState.COMPLETE, self.objective(trial), ""
+        except GaveUp:
+            raise
+        except optuna.TrialPruned:
+            return TrialState.PRUNED, None, ""
+        except (Excess, StageError) as e:
+            return TrialState.FAIL, None, str(e)
+
+    def requeue(self, trial, value: float) -> None:
+        """The trial was failed by another worker while this one did not beat (paused, suspended): its
+        result goes back into the study as a queued trial, which counts in the budget like any other and
+        which the next worker to ask takes as done, running nothing."""
+        name = trial.user_attrs.get("dvc_exp")
+        self.log(
+            f"sweep: trial {trial.number} was failed meanwhile by another worker (no heartbeat for"
+            f" {self.fail_stale.grace_s} s: was this worker paused?); its result, {self.sweep.objective.metric}"
+            f" = {value} ({name}), goes back into the study as a queued trial"
+        )
+        self.study.enqueue_trial(
+            trial.params,
+            user_attrs={"dvc_exp": name, "result": value, "result_of": trial.number},
+            skip_if_exists=False,
+        )
+
+    def wait(self, what: str, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise GaveUp(f"gave up after {self.max_wait_s:.0f} s waiting for {what}")
+        if what != self.waiting_for:
+            self.log(f"sweep: waiting for {what}")
+            self.waiting_for = what
+        time.sleep(WAIT_S)
+
+    def others_running(self, trials) -> str:
+        from optuna.trial import TrialState
+
+        running = [str(t.number) for t in trials if t.state == TrialState.RUNNING]
+        return (
+            f"trial{'s' if len(running) > 1 else ''} {', '.join(running)}, running on other workers (each ends,"
+            f" or is failed {self.fail_stale.grace_s} s after its worker's last heartbeat)"
+        )
 
     def within_budget(self, trial) -> bool:
         """Whether `trial` is one of the budget's: the budget counts done and running trials in the order the
         storage numbered them, so workers asking at the same moment cannot overshoot it. (Optuna's
         MaxTrialsCallback counts only ended trials, after each one: N workers overshoot it by up to N - 1.)"""
-        import optuna
         from optuna.trial import TrialState
 
+        deadline = time.monotonic() + self.max_wait_s
         while True:
-            optuna.storages.fail_stale_trials(self.study)
+            self.fail_stale()
             ahead = [
                 t
                 for t in self.study.get_trials(deepcopy=False)
@@ -145,35 +329,37 @@ class Worker:
                 return True
             if all(t.state != TrialState.RUNNING for t in ahead):
                 return False
-            time.sleep(WAIT_S)  # a running one may still fail and free its place
+            # a running one may still fail and free its place
+            self.wait(f"{self.others_running(ahead)}: trial {trial.number} runs if one fails", deadline)
 
     def objective(self, trial) -> float:
         import optuna
 
         if not self.within_budget(trial):
             trial.set_user_attr("excess", True)
-            self.study.stop()
+            self.stopped = True
             raise Excess(f"trial {trial.number}: the budget of {self.sweep.trials} trials is taken")
         values = suggest(trial, self.sweep)
+        if "result" in trial.user_attrs:  # requeue(): the experiment ran already
+            attrs = trial.user_attrs
+            self.log(
+                f"sweep: trial {trial.number}: the result of trial {attrs['result_of']} ({attrs['dvc_exp']}):"
+                f" {self.sweep.objective.metric} = {attrs['result']}"
+            )
+            return float(attrs["result"])
         name = f"{self.sweep.study}-{trial.number}"
         trial.set_user_attr("dvc_exp", name)
-        self.log(f"sweep: trial {trial.number}: {name} " + " ".join(f"{k}={v}" for k, v in values.items()))
+        self.log(f"sweep: trial {trial.number}: {name} " + " ".join(f"{k}={v!r}" for k, v in values.items()))
+        settings = [*self.fixed, *(override(k, v) for k, v in values.items())]
+        if problems := settings_problems(self.params_path, settings, values):  # what is checked is what lands
+            raise self.failure(f"{name}: not run: " + "; ".join(problems))
         env = {
             **os.environ,
             STUDY_ENV: self.sweep.study,
             TRIAL_ENV: str(trial.number),
             PARENT_RUN_ENV: self.parent_run,
         }
-        settings = [*self.fixed, *(f"{k}={v}" for k, v in values.items())]
-        args = [
-            "dvc",
-            "exp",
-            "run",
-            "--temp",
-            "-n",
-            name,
-            *[x for kv in settings for x in ("-S", kv)],
-        ]
+        args = ["dvc", "exp", "run", "--temp", "-n", name, *[x for kv in settings for x in ("-S", kv)]]
         proc = subprocess.Popen(
             args,
             env=env,
@@ -204,8 +390,8 @@ class Worker:
             raise optuna.TrialPruned()
         if proc.returncode != 0:
             raise self.failure(f"{name} failed (exit {proc.returncode}):\n{''.join(tail)}")
-        value = metric_of(self._metrics(name), self.sweep.objective.metric)
-        if self.push:
+        params, metrics = self._result(name)
+        if self.push:  # before reading the result: a trial that fails on it still shares its experiment
             done = subprocess.run(
                 ["dvc", "exp", "push", "--run-cache", self.push, name],
                 capture_output=True,
@@ -213,6 +399,12 @@ class Worker:
             )
             if done.returncode != 0:
                 raise self.failure(f"dvc exp push {self.push} {name} failed: {done.stdout}{done.stderr}")
+        if wrong := [k for k, v in values.items() if json.dumps(dotted(params, k)) != json.dumps(v)]:
+            raise self.failure(f"{name}: its params.yaml holds other values than the trial's for {', '.join(wrong)}")
+        try:
+            value = metric_of(metrics, self.sweep.objective.metric)
+        except ValueError as e:
+            raise self.failure(f"{name}: {METRICS_FILE}: {e}") from None
         self.log(f"sweep: trial {trial.number}: {self.sweep.objective.metric} = {value}")
         return value
 
@@ -222,45 +414,74 @@ class Worker:
         self.log(f"sweep: {message}")
         return StageError(message)
 
-    def _metrics(self, name: str) -> dict:
-        shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
-        for baseline in json.loads(shown):  # stdout is the JSON alone: DVC logs to stderr
+    def _result(self, name: str) -> tuple[dict, dict]:
+        """(params.yaml, metrics file) of the experiment, as `dvc exp show` reads them."""
+        shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        if shown.returncode != 0:
+            raise self.failure(f"dvc exp show failed (exit {shown.returncode}): {shown.stderr.strip()[-2000:]}")
+        for baseline in json.loads(shown.stdout):  # stdout is the JSON alone: DVC logs to stderr
             for exp in baseline.get("experiments") or []:
                 rev = exp["revs"][0]
                 if rev.get("name") == name:
-                    return rev["data"]["metrics"]["metrics/eval.json"]["data"]
-        raise self.failure(f"dvc exp show has no metrics for {name}")
+                    data = rev.get("data") or {}
+                    params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+                    metrics = (data.get("metrics") or {}).get(METRICS_FILE, {}).get("data")
+                    if metrics is None:
+                        break
+                    return params, metrics
+        raise self.failure(f"dvc exp show has no {METRICS_FILE} for {name}")
 
-    def after_trial(self, study, frozen) -> None:
+    def after_trial(self, frozen, failed: bool) -> None:
         """Mark the best trial in MLflow; stop once the budget is done and no trial is left running (one whose
         worker died is failed once its heartbeat is stale), waiting meanwhile while other workers' trials it
         may still need are running."""
-        import optuna
         from optuna.trial import TrialState
 
         from mnist_softmax.tracking.studies import finish_study_run, mark_best
 
-        if frozen.state == TrialState.COMPLETE and study.best_trial.number == frozen.number:
-            mark_best(self.parent_run, study.study_name, frozen.number, frozen.value)
-        failed = frozen.state == TrialState.FAIL and not frozen.user_attrs.get("excess")
+        if frozen.state == TrialState.COMPLETE and self.study.best_trial.number == frozen.number:
+            ran_as = frozen.user_attrs.get("result_of")  # a queued result: its runs are the trial's that ran it
+            mark_best(self.parent_run, self.study.study_name, frozen.number, frozen.value, ran_as)
         self.failures = self.failures + 1 if failed else 0
         if self.failures >= MAX_FAILURES:  # something every trial hits: stop rather than fail forever
-            study.stop()
+            self.stopped = True
             return
+        deadline = time.monotonic() + self.max_wait_s
         while True:
-            optuna.storages.fail_stale_trials(study)
-            done, running = counts(study)
+            self.fail_stale()
+            done, running = counts(self.study)
             if done >= self.sweep.trials and not running:
                 finish_study_run(self.parent_run, done)
-                study.stop()
+                self.stopped = True
                 return
             if done + running < self.sweep.trials:
                 return
-            time.sleep(WAIT_S)
+            self.wait(f"{self.others_running(self.study.get_trials(deepcopy=False))}: the budget is taken", deadline)
+
+    def leave(self, status: str, reason: str) -> None:
+        """This worker stops before the budget is done: when no trial is running (no other worker is at work),
+        the study's MLflow run ends `status` with the reason; a worker that goes on later ends it FINISHED."""
+        from mnist_softmax.tracking.studies import end_study_run
+
+        done, running = counts(self.study)
+        if done >= self.sweep.trials or running:
+            return
+        why = f"its workers stopped with {done} of {self.sweep.trials} trials done; the last: {reason}"
+        end_study_run(self.parent_run, status, why)
+        self.log(f"sweep: the study's MLflow run ends {status}: {why}")
 
 
-class Excess(Exception):
-    """A trial past the budget: recorded as failed, with the user attr excess."""
+def check_objective(sweep: SweepFile, root: Path, log=print) -> None:
+    """Before any trial: the objective must be a metric the evaluate stage writes (this clone's metrics file,
+    written by its last evaluate, says which)."""
+    path = root / METRICS_FILE
+    if not path.exists():
+        log(f"sweep: no {METRICS_FILE} here to check the objective against: the first trial checks it")
+        return
+    try:
+        metric_of(read_json(path), sweep.objective.metric)
+    except ValueError as e:
+        raise StageError(f"objective.metric: the evaluate stage writes {METRICS_FILE} with {e}") from None
 
 
 def main(argv=None) -> None:
@@ -288,33 +509,47 @@ def main(argv=None) -> None:
         "--heartbeat",
         type=int,
         default=10,
-        help="seconds between a trial's heartbeats; a trial is failed after 4 missed",
+        help=f"seconds between a trial's heartbeats; a trial is failed after {MISSED_BEATS} missed",
+    )
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=MAX_WAIT_S,
+        metavar="SECONDS",
+        help="longest wait for other workers' running trials before this worker stops",
     )
     args = ap.parse_args(argv)
     sweep = load_sweep(args.sweep, args.params)
-    from ruamel.yaml import YAML
-
-    raw = read_yaml(args.params)
-    for setting in args.set:  # read as DVC reads -S values
-        key, _, text = setting.partition("=")
-        if why := refused(raw, key, YAML(typ="safe").load(text) if text else None):
-            raise StageError(f"--set {setting}: params.yaml would refuse it ({why})")
+    if problems := settings_problems(args.params, args.set, {}):  # read as `dvc exp run -S` reads them
+        raise StageError("--set: params.yaml would not hold what is set:\n" + "\n".join(f"  - {p}" for p in problems))
+    check_objective(sweep, project_root())
     import warnings
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
+    # Worker.run gives each trial its heartbeat itself (beating), as study.optimize would
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     experiment = load_params(args.params).tracking.experiment
     storage = open_storage(args.storage or default_storage(), args.heartbeat)
     study, parent = open_study(storage, sweep, experiment)
-    worker = Worker(sweep, study, parent, args.push, args.set)
+    worker = Worker(sweep, storage, study, parent, args.push, args.set, args.params, args.max_wait)
     from mnist_softmax.tracking.studies import study_heartbeat
 
     with study_heartbeat(parent):
-        study.optimize(worker.objective, callbacks=[worker.after_trial], catch=(Excess, StageError))
-    if worker.failures >= MAX_FAILURES:
-        raise StageError(f"{MAX_FAILURES} trials in a row failed; the last: {worker.last_failure}")
+        try:
+            worker.run()
+        except KeyboardInterrupt as e:
+            worker.leave("KILLED", f"interrupted ({e or 'Ctrl-C'})")
+            raise
+        except BaseException as e:
+            worker.leave("FAILED", f"{type(e).__name__}: {e}")
+            raise
+        if worker.failures >= MAX_FAILURES:
+            reason = f"{MAX_FAILURES} trials in a row failed; the last: {worker.last_failure}"
+            worker.leave("FAILED", reason)
+            raise StageError(reason)
     done, _ = counts(study)
     best = study.best_trial if done else None
     print(

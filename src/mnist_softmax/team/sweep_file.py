@@ -14,6 +14,10 @@ and every value of the space must be one params.yaml accepts there.
 from __future__ import annotations
 
 import copy
+import json
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -90,6 +94,8 @@ def load_sweep(path: str | Path, params_path: str | Path) -> SweepFile:
         for value in dim.choices if isinstance(dim, Categorical) else (dim.low, dim.high):
             if why := refused(raw, key, value):
                 problems.append(f"space.{key} = {value!r}: params.yaml would refuse it ({why})")
+            elif lands := settings_problems(params_path, [override(key, value)], {key: value}):
+                problems.append(f"space.{key} = {value!r}: {lands[0]}")
     if problems:
         raise ParamsError(f"{path} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
     return sweep
@@ -112,6 +118,95 @@ def refused(raw: dict, key: str, value) -> str | None:
     return None
 
 
+def override(key: str, value: Any) -> str:
+    """`key=value` for `dvc exp run -S`, in Hydra's override grammar: a string quoted, so that a comma, a
+    bracket or a word like `null` stays a string (settings_problems checks that it reads back the same)."""
+    if isinstance(value, str):
+        # in a quoted value, a quote and the backslashes before it (or at the end) are escaped
+        quoted = re.sub(r"(\\*)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
+        return f"{key}='{quoted}'"
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    return f"{key}={value!r}"
+
+
+def dvc_would_write(params_path: str | Path, settings: list[str]) -> dict:
+    """params.yaml as `dvc exp run -S SETTING ...` writes it: DVC's own code (Hydra's override parser, then
+    OmegaConf, which resolves interpolations) applied to a copy, read back as the stages read it."""
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copied = Path(tmp) / "params.yaml"
+        shutil.copyfile(params_path, copied)
+        apply_overrides(copied, settings)
+        return read_yaml(copied)
+
+
+def settings_problems(params_path: str | Path, settings: list[str], intended: dict[str, Any]) -> list[str]:
+    """Why `dvc exp run -S` with `settings` would not write a valid params.yaml holding exactly the values
+    checked: `intended` (key -> value) for its keys, for any other setting the value Hydra's grammar reads
+    from it as written. A comma list (a Hydra sweep), an interpolation (`${oc.env:...}`: the worker's
+    environment), an unbalanced quote: each is refused; the value that would land is never shown (it may
+    be a secret)."""
+    from dvc.utils.hydra import to_hydra_overrides
+
+    try:
+        parsed = to_hydra_overrides(settings)
+    except Exception as e:  # hydra's OverrideParseException
+        return [f"-S {' -S '.join(settings)}: not one value in DVC's -S grammar ({str(e).splitlines()[0]})"]
+    problems, expected = [], {}
+    for setting, o in zip(settings, parsed, strict=True):
+        if o.is_sweep_override():
+            problems.append(f"-S {setting}: a list of values (a Hydra sweep), not one value")
+        elif not (o.is_add() or o.is_delete() or o.is_force_add()):
+            key = o.key_or_group
+            expected[key] = intended[key] if key in intended else o.value()
+    if problems:
+        return problems
+    try:
+        landed = dvc_would_write(params_path, settings)
+    except Exception as e:  # DVC's InvalidArgumentError, wrapping Hydra's or OmegaConf's error
+        why = f"{e}: {e.__cause__}" if e.__cause__ else str(e)
+        return [f"-S {' -S '.join(settings)}: DVC refuses it ({' '.join(why.split())})"]
+    for setting, o in zip(settings, parsed, strict=True):
+        key = o.key_or_group
+        if key in expected and json.dumps(dotted(landed, key)) != json.dumps(expected[key]):
+            problems.append(
+                f"-S {setting}: DVC would write another value into params.yaml (Hydra's override grammar or"
+                " OmegaConf's interpolation reads it differently)"
+            )
+    if not problems:
+        try:
+            parse_params(landed)
+        except ParamsError as e:
+            problems += [line.removeprefix("  - ") for line in str(e).splitlines()[1:]]
+    return problems
+
+
+def dotted(tree: Any, key: str) -> Any:
+    """The value at a dotted key of a params tree, None when there is none."""
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def fingerprint(sweep: SweepFile) -> dict:
+    """What every worker of one study must agree on: all of the sweep file but the study's name."""
+    return sweep.model_dump(mode="json", exclude={"study"})
+
+
+def differences(study: dict, mine: dict, prefix: str = "") -> list[str]:
+    """Each key whose value differs between the study's fingerprint and this worker's, with both values."""
+    found = []
+    for key in sorted(set(study) | set(mine), key=str):
+        a, b = study.get(key), mine.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: the study's is {json.dumps(a)}, this sweep file's {json.dumps(b)}")
+    return found
+
+
 def suggest(trial, sweep: SweepFile) -> dict:
     values = {}
     for key, dim in sweep.space.items():
@@ -125,7 +220,13 @@ def suggest(trial, sweep: SweepFile) -> dict:
 
 
 def metric_of(metrics: dict, dotted: str) -> float:
+    """The metric's value; ValueError, naming what there is, when the metrics do not hold a number there."""
     node: Any = metrics
     for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            there = ", ".join(map(str, node)) if isinstance(node, dict) else type(node).__name__
+            raise ValueError(f"no metric {dotted} (there is: {there})")
         node = node[part]
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        raise ValueError(f"metric {dotted} is not a number: {node!r}")
     return float(node)

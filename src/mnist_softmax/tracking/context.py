@@ -29,6 +29,15 @@ def store_uri(root: Path) -> str:
     return uri
 
 
+def without_secrets(uri: str) -> str:
+    """The URI without user, password or query (where tokens go): what may be printed or written down."""
+    parsed = urlparse(uri)
+    if not (parsed.username or parsed.password or parsed.query):
+        return uri
+    netloc = (parsed.hostname or "") + (f":{parsed.port}" if parsed.port else "")
+    return parsed._replace(netloc=netloc, query="", fragment="").geturl()
+
+
 # A sweep's worker (sweep.py) runs each trial with these variables; its stages tag their run with them.
 STUDY_ENV, TRIAL_ENV, PARENT_RUN_ENV = (
     "MNIST_SOFTMAX_STUDY",

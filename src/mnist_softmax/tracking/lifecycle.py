@@ -41,10 +41,20 @@ REUSED_STAGE_TAG = "dvc_exp_reused."  # + experiment + "." + stage: the same, on
 END_REASON_TAG = "pipeline.end_reason"
 OWNER_TAG = "pipeline.owner_stage"  # the stage whose process keeps the run RUNNING
 COPIED_TAG = "pipeline.copied."  # + stage: the run this run's results of that stage were copied from
-HEARTBEAT_TAG = "pipeline.heartbeat"  # ms since the epoch, renewed while the owner runs
-HEARTBEAT_S = 60
-STALE_S = 600  # no heartbeat for this long: the process is gone
+HEARTBEAT_TAG = "pipeline.heartbeat"  # renewed while the owner runs: a value that changes, never compared to a clock
+SEEN_TAG = "pipeline.heartbeat_seen."  # + watching machine: "<heartbeat> <its boot clock>" when it last changed
+STALE_TAG = "pipeline.ended_as_stale"  # set when a watcher ended the run; its owner, if it lives on, revives it
+REVIVED_TAG = "pipeline.revived"  # why the run was ended once, while its process still lived (suspended?)
+# Seconds: the heartbeat's interval, and how long a watching machine must see the same heartbeat (on its own
+# clock) before it ends the run. Environment variables of these names change them (tests, long suspends).
+HEARTBEAT_S = ("MNIST_SOFTMAX_HEARTBEAT_S", 60.0)
+STALE_S = ("MNIST_SOFTMAX_STALE_S", 600.0)
 GUARD_WAIT_S = 5
+
+
+def seconds(setting: tuple[str, float]) -> float:
+    name, default = setting
+    return float(os.environ.get(name) or default)
 
 
 def now_ms() -> str:
@@ -110,6 +120,7 @@ def stage_attempt(
         if not reused_as:  # this attempt's own results replace any copied ones
             with contextlib.suppress(MlflowException):
                 client.delete_tag(run_id, COPIED_TAG + stage)
+            revive(client, run_id, print)  # ended as stale while this process was suspended: it was not
         end_stage(client, run_id, stage, "FINISHED", "", reused_as)
         guard.tell(last_word.DONE)
 
@@ -181,14 +192,16 @@ def end_abandoned_stage(
 
 
 @contextlib.contextmanager
-def heartbeat(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """Renew the run's heartbeat tag every HEARTBEAT_S while the block runs."""
+def heartbeat(client: MlflowClient, run_id: str, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Renew the run's heartbeat tag every HEARTBEAT_S while the block runs; a run that a watcher ended as stale
+    meanwhile (this process was suspended longer than STALE_S) is made RUNNING again."""
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
+        while not stop.wait(seconds(HEARTBEAT_S)):
             with contextlib.suppress(Exception):  # a missed beat is only a late one
                 client.set_tag(run_id, HEARTBEAT_TAG, now_ms())
+                revive(client, run_id, log)
 
     threading.Thread(target=beat, name="mlflow-heartbeat", daemon=True).start()
     try:
@@ -202,10 +215,32 @@ def owner_tags(stage: str) -> dict[str, str]:
     return {**process_identity(), OWNER_TAG: stage, HEARTBEAT_TAG: now_ms()}
 
 
+def revive(client: MlflowClient, run_id: str, log: Callable[[str], None]) -> None:
+    """Undo a watcher's verdict on a run whose owner is alive after all: RUNNING again, saying why it was not."""
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    if run.info.status != "FAILED" or STALE_TAG not in tags:
+        return
+    reason = tags.get(END_REASON_TAG, "")
+    stage = tags.get(OWNER_TAG, "train")
+    RunHandle(client, run_id).set_tags({stage_key(stage): "RUNNING", END_REASON_TAG: "", REVIVED_TAG: reason})
+    client.delete_tag(run_id, STALE_TAG)
+    client.update_run(run_id, status="RUNNING")
+    log(f"mlflow: run {run_id} was ended while this process was not heard from ({reason}); it is RUNNING again")
+
+
+def boot_clock() -> float:
+    """Seconds since this machine booted, suspends included: never set back, unlike the wall clock."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def end_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
-    """End FAILED the RUNNING runs whose process is gone: by its identity on this machine (boot id and pid
-    namespace match: its pid is gone or belongs to another process), else by a heartbeat older than STALE_S."""
-    me, now, ended = process_identity(), time.time(), []
+    """End FAILED the RUNNING runs whose process is gone. A run of this machine (boot id and pid namespace
+    match) is judged by its process: its pid is gone or belongs to another process. A run of another machine
+    is judged by its heartbeat, on this machine's clock alone: the tag SEEN_TAG + this machine notes when this
+    machine first saw its current heartbeat; once that is older than STALE_S, the run is ended."""
+    me, ended = process_identity(), []
+    watcher = SEEN_TAG + (me["pipeline.boot_id"] or me["pipeline.host"])
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
         pid, beat, host = (
@@ -222,12 +257,19 @@ def end_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
             if process_start(int(pid)) == tags.get("pipeline.pid_start"):
                 continue
             reason = f"process {pid} on {host} ended without closing the run (killed?)"
-        elif beat.isdigit() and now - int(beat) / 1000 > STALE_S:
-            reason = (
-                f"no heartbeat from process {pid} on {host} for {int(now - int(beat) / 1000)} s: its process is gone"
-            )
         else:
-            continue
+            seen_beat, _, seen_at = tags.get(watcher, "").partition(" ")
+            if seen_beat != beat or not seen_at:
+                client.set_tag(run.info.run_id, watcher, f"{beat} {boot_clock():.0f}")
+                continue
+            silent = boot_clock() - float(seen_at)
+            if silent <= seconds(STALE_S):
+                continue
+            owner = f"process {pid} on {host}" if pid else f"the {tags.get(OWNER_TAG, 'train')} process"
+            reason = (
+                f"no heartbeat from {owner} for {int(silent)} s (seen from {me['pipeline.host']}): its process is gone"
+            )
+            RunHandle(client, run.info.run_id).set_tags({STALE_TAG: me["pipeline.host"]})
         end_stage(client, run.info.run_id, tags.get(OWNER_TAG, "train"), "FAILED", reason)
         ended.append(run.info.run_id)
     return ended

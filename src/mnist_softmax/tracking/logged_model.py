@@ -116,10 +116,13 @@ def serve_classifier() -> None:
         def load_context(self, context):
             from safetensors.torch import load_file
 
-            from mnist_softmax.core.model import build
+            from mnist_softmax.core.model import build, check_weights, checked_architecture
 
-            self.model = build(read_json(context.artifacts["architecture"]))
-            self.model.load_state_dict(load_file(context.artifacts["weights"]))
+            arch = checked_architecture(read_json(context.artifacts["architecture"]), "the MLflow model")
+            weights = load_file(context.artifacts["weights"])
+            check_weights(weights, arch, "the MLflow model")
+            self.model = build(arch)
+            self.model.load_state_dict(weights)
             self.model.eval()
             self.preprocessing = read_json(context.artifacts["preprocessing"])
 

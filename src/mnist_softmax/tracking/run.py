@@ -10,6 +10,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from mnist_softmax.fileio import explained_disk_full
+from mnist_softmax.tracking.store import server_lost
 
 MODEL_HASH_TAG = "model_sha256"  # the model file a run produced: evaluate and plot look runs up by it
 MODEL_URI_TAG = "mlflow_model_uri"  # models:/<model_id> of the logged MLflow model
@@ -25,22 +26,29 @@ class RunHandle:
         self.client, self.run_id, self.artifact_prefix = client, run_id, artifact_prefix
         self.model_sha256: str | None = None
 
+    def _log_batch(self, **entities: Any) -> None:
+        with server_lost(self.client.tracking_uri):
+            self.client.log_batch(self.run_id, **entities)
+
     def log_params(self, params: dict[str, str]) -> None:
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + BATCH])
+            self._log_batch(params=items[i : i + BATCH])
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:TAG_CHARS]) for k, v in tags.items()])
+        self._log_batch(tags=[RunTag(k, str(v)[:TAG_CHARS]) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self._log_batch(metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.artifact_prefix:
             artifact_path = "/".join(filter(None, [self.artifact_prefix, artifact_path]))
-        with explained_disk_full(f"the run's artifact {artifact_path}/{Path(path).name}"):
+        with (
+            explained_disk_full(f"the run's artifact {artifact_path}/{Path(path).name}"),
+            server_lost(self.client.tracking_uri),
+        ):
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dataset(self, name: str, digest: str, path: str, context: str) -> None:
@@ -53,13 +61,16 @@ class RunHandle:
 
         dataset = MetaDataset(LocalArtifactDatasetSource(path), name=name, digest=digest[:DIGEST_CHARS])  # type: ignore[abstract]
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-        self.client.log_inputs(self.run_id, [entity])
+        with server_lost(self.client.tracking_uri):
+            self.client.log_inputs(self.run_id, [entity])
 
     def log_model(self, model: Any, arch: dict, preprocessing: dict, input_example: Any) -> None:
         """The run's MLflow model (logged_model.py); its URI goes into the tag mlflow_model_uri."""
         from mnist_softmax.tracking.logged_model import log_model
 
-        self.set_tags({MODEL_URI_TAG: log_model(model, arch, preprocessing, input_example)})
+        with server_lost(self.client.tracking_uri):
+            uri = log_model(model, arch, preprocessing, input_example)
+        self.set_tags({MODEL_URI_TAG: uri})
 
     def set_model_hash(self, model_sha256: str) -> None:
         """Mark the run as the producer of this model file; evaluate and plot look runs up by it."""

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mnist_softmax.fileio import read_json, write_json_atomic
+from mnist_softmax.tracking.context import without_secrets
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ def current_exp_name() -> str:
 
 
 def write_link(path: Path, run_id: str, model_sha256: str | None, reused: bool, store: str) -> None:
+    store = without_secrets(store)  # the file keeps the umask's mode: no credentials in it
     write_json_atomic(path, asdict(RunLink(run_id, model_sha256, reused, store, current_exp_name())))
 
 
@@ -39,6 +41,7 @@ def read_link(path: Path, model_sha256: str, store: str) -> RunLink | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
         return None
+    store = without_secrets(store)
     expected = {"model_sha256": model_sha256, "store": store, "dvc_exp_name": current_exp_name()}
     if any(data.get(k) != v for k, v in expected.items()):
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import socket
 import sqlite3
 import time
@@ -15,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_softmax.errors import ExplainedError
-from mnist_softmax.tracking.context import project_root, store_uri
+from mnist_softmax.tracking.context import project_root, store_uri, without_secrets
 
 
 class TrackingError(ExplainedError, RuntimeError):
@@ -57,14 +58,50 @@ def _create_sqlite_store(uri: str, artifact_root: str) -> None:
     SqlAlchemyStore(uri, artifact_root)  # creates the tables and the Default experiment
 
 
-def _check_reachable(uri: str) -> None:
+# MLflow's defaults retry a failed HTTP call for minutes: a stage would hang on a dead server, and Ctrl-C
+# behind it. Fail within seconds instead; what ends runs of vanished processes records the end later.
+HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def fail_fast(uri: str) -> None:
+    """Short HTTP retries for a tracking server (a user's own MLFLOW_HTTP_REQUEST_* settings win)."""
+    if urlparse(uri).scheme in ("http", "https"):
+        for name, value in HTTP_RETRIES.items():
+            os.environ.setdefault(name, value)
+
+
+def unreachable(uri: str) -> str | None:
+    """Why the tracking server of `uri` takes no connection now, or None (it does, or `uri` is no server)."""
     parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https") and parsed.hostname:
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=5).close()
-        except OSError as e:
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {e}") from e
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=5).close()
+    except OSError as e:
+        return str(e)
+    return None
+
+
+@contextlib.contextmanager
+def server_lost(uri: str) -> Iterator[None]:
+    """A call that fails because the tracking server is gone raises one clear TrackingError."""
+    try:
+        yield
+    except Exception as e:
+        reason = unreachable(uri)
+        if reason is None:
+            raise
+        raise TrackingError(f"lost the MLflow tracking server {without_secrets(uri)} ({reason})") from e
+
+
+def _check_reachable(uri: str) -> None:
+    if reason := unreachable(uri):
+        raise TrackingError(f"MLflow tracking server {without_secrets(uri)} is unreachable: {reason}")
 
 
 def _check_writable(uri: str) -> None:
@@ -86,7 +123,7 @@ def _check_writable(uri: str) -> None:
         if getattr(e, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
             return
         raise TrackingError(
-            f"the MLflow store {uri} cannot be written ({e}); make {db} and its"
+            f"the MLflow store {without_secrets(uri)} cannot be written ({e}); make {db} and its"
             " folder writable, or set MLFLOW_TRACKING_URI to another store"
         ) from e
 
@@ -96,6 +133,13 @@ def _experiment_id(client: MlflowClient, uri: str, name: str, location: str | No
     RESOURCE_ALREADY_EXISTS: those read the winner's."""
     for _ in range(5):
         exp = client.get_experiment_by_name(name)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            # Its name stays taken until it is restored or garbage-collected: the run would fail later.
+            raise TrackingError(
+                f"experiment {name!r} (id {exp.experiment_id}) is deleted in {without_secrets(uri)}; restore it"
+                f" with `MLFLOW_TRACKING_URI={without_secrets(uri)} mlflow experiments restore --experiment-id"
+                f" {exp.experiment_id}` or set tracking.experiment to another name"
+            )
         if exp is not None:
             return exp.experiment_id
         try:
@@ -104,13 +148,14 @@ def _experiment_id(client: MlflowClient, uri: str, name: str, location: str | No
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         time.sleep(0.2)
-    raise TrackingError(f"experiment {name!r} neither exists nor can be created in {uri}")
+    raise TrackingError(f"experiment {name!r} neither exists nor can be created in {without_secrets(uri)}")
 
 
 def open_store(experiment: str, root: Path | None = None) -> tuple[MlflowClient, str, str]:
     """(client, experiment id, store URI) of the project's store (MLFLOW_TRACKING_URI, else its mlflow.db),
     the experiment created if need be. A TrackingError says why the store cannot be used."""
     uri = store_uri(root or project_root())
+    fail_fast(uri)
     _check_reachable(uri)
     _check_writable(uri)
     try:
@@ -124,11 +169,11 @@ def open_store(experiment: str, root: Path | None = None) -> tuple[MlflowClient,
             client = MlflowClient(uri)
             return client, _experiment_id(client, uri, experiment, artifacts), uri
     except MlflowException as e:
-        raise TrackingError(f"cannot use the MLflow store {uri}: {e.message}") from e
+        raise TrackingError(f"cannot use the MLflow store {without_secrets(uri)}: {e.message}") from e
     except TrackingError:
         raise
     except Exception as e:
-        raise TrackingError(f"cannot use the MLflow store {uri}: {e}") from e
+        raise TrackingError(f"cannot use the MLflow store {without_secrets(uri)}: {e}") from e
 
 
 def project_client() -> MlflowClient:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from mlflow.tracking import MlflowClient
 
 from mnist_softmax.tracking.context import STUDY_TAG, TRIAL_TAG
-from mnist_softmax.tracking.lifecycle import HEARTBEAT_TAG, OWNER_TAG, end_stage, heartbeat, now_ms
+from mnist_softmax.tracking.lifecycle import HEARTBEAT_TAG, OWNER_TAG, end_stage, heartbeat, now_ms, stage_outcomes
 from mnist_softmax.tracking.run import RunHandle
 from mnist_softmax.tracking.store import open_store, project_client
 
@@ -39,12 +39,13 @@ def _trial_runs(client: MlflowClient, experiment_id: str, study: str, trial: int
     return [r for r in client.search_runs([experiment_id], where, max_results=5000) if TRIAL_TAG in r.data.tags]
 
 
-def mark_best(parent_run: str, study: str, trial: int, value: float) -> None:
-    """Tag the best trial's run sweep.best=true (the others false) and the study's run with the best."""
+def mark_best(parent_run: str, study: str, trial: int, value: float, ran_as: int | None = None) -> None:
+    """Tag the best trial's run sweep.best=true (the others false) and the study's run with the best. A trial
+    that holds the result of an experiment run as another trial (`ran_as`) has that trial's runs."""
     client = project_client()
     parent = client.get_run(parent_run)
     runs = _trial_runs(client, parent.info.experiment_id, study)
-    best = [r.info.run_id for r in runs if r.data.tags[TRIAL_TAG] == str(trial)]
+    best = [r.info.run_id for r in runs if r.data.tags[TRIAL_TAG] == str(trial if ran_as is None else ran_as)]
     for run in runs:
         flag = "true" if run.info.run_id in best else "false"
         if run.data.tags.get(BEST_TAG) != flag:
@@ -56,15 +57,25 @@ def mark_best(parent_run: str, study: str, trial: int, value: float) -> None:
 
 
 def finish_study_run(parent_run: str, done: int) -> None:
+    """The budget is done: the study's run ends FINISHED (also after a worker that left ended it FAILED)."""
     client = project_client()
     RunHandle(client, parent_run).set_tags({"sweep.trials_done": str(done)})
-    client.set_terminated(parent_run, "FINISHED")
+    end_stage(client, parent_run, "sweep", "FINISHED")
+
+
+def end_study_run(parent_run: str, status: str, reason: str) -> None:
+    """The study's workers stopped before its budget was done: its run ends `status` with the reason."""
+    end_stage(project_client(), parent_run, "sweep", status, reason)
 
 
 def end_trial_runs(study: str, trial: int, reason: str) -> None:
-    """A trial Optuna failed as stale: its runs still RUNNING end FAILED with the reason."""
+    """A trial Optuna failed as stale: each stage still RUNNING on its runs ends FAILED with the reason. A
+    stage that then finishes after all (its worker was only paused) records its own outcome over it."""
     client = project_client()
     for exp in client.search_experiments():
         for run in _trial_runs(client, exp.experiment_id, study, trial):
-            if run.info.status == "RUNNING":
-                end_stage(client, run.info.run_id, run.data.tags.get(OWNER_TAG, "train"), "FAILED", reason)
+            if run.info.status != "RUNNING":
+                continue
+            running = [s for s, outcome in stage_outcomes(run.data.tags).items() if outcome == "RUNNING"]
+            for stage in running or [run.data.tags.get(OWNER_TAG, "train")]:
+                end_stage(client, run.info.run_id, stage, "FAILED", reason)
