@@ -15,6 +15,9 @@ NOT_DEPS = (
 )  # messages, MLflow
 
 
+KERNELS = "${same_kernels} "  # dvc.yaml's vars: the CPU kernels every stage computing with torch pins
+
+
 def is_dep(module: str) -> bool:
     return not any(module == n or module.startswith(n + ".") for n in NOT_DEPS)
 
@@ -46,6 +49,17 @@ def test_stage_deps_are_the_modules_it_runs(stage):
     code_deps = {d for d in spec["deps"] if d.endswith(".py")}
     used = closure(imported_modules(ROOT / "pipeline" / f"{stage}.py"))
     assert code_deps == {f"pipeline/{stage}.py", *(source(m) for m in used)}
-    assert spec["cmd"].startswith(f"PYTHONPATH=src python -m pipeline.{stage} ")
+    assert spec["cmd"].removeprefix(KERNELS).startswith(f"PYTHONPATH=src python -m pipeline.{stage} ")
     for dep in spec["deps"]:
         assert (ROOT / dep).exists() or dep.startswith(("data/", "models/", "metrics/")), dep
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_that_computes_with_torch_pins_the_same_cpu_kernels(stage):
+    spec = read_yaml(ROOT / "dvc.yaml")
+    files = [ROOT / "pipeline" / f"{stage}.py"] + [
+        ROOT / source(m) for m in closure(imported_modules(ROOT / "pipeline" / f"{stage}.py"))
+    ]
+    uses_torch = any(m == "torch" or m.startswith("torch.") for f in files for m in package_imports(f))
+    assert spec["stages"][stage]["cmd"].startswith(KERNELS) == uses_torch
+    assert {"same_kernels": "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2,STRICT"} in spec["vars"]
