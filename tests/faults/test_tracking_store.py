@@ -4,6 +4,7 @@ it exits non-zero and DVC caches nothing."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import socket
@@ -105,7 +106,8 @@ def train(project, uri) -> H.Proc:
 
 
 def test_a_lost_tracking_server_is_one_clear_error_and_ctrl_c_does_not_wait_for_it(project, tmp_path):
-    """MLflow's own retries would hold each call for minutes. The next stage to open the store ends the run."""
+    """A killed server, then a hung one: MLflow's own retries would hold each call for minutes. The next
+    stage to open the store ends the run."""
     server = MlflowServer(tmp_path)
     server.start()
     lost = train(project, server.uri)
@@ -119,9 +121,12 @@ def test_a_lost_tracking_server_is_one_clear_error_and_ctrl_c_does_not_wait_for_
     first = H.runs(server.uri)[0]
     assert first.info.status == "FAILED"
     assert "ended without closing the run" in first.data.tags["pipeline.end_reason"]
-    server.kill()
-    interrupted.popen.send_signal(signal.SIGINT)
-    assert interrupted.wait(timeout=60) == 130, interrupted.output
+    os.killpg(server.proc.popen.pid, signal.SIGSTOP)  # hung: it takes connections and never answers
+    try:
+        interrupted.popen.send_signal(signal.SIGINT)
+        assert interrupted.wait(timeout=60) == 130, interrupted.output  # each call would wait 10 s, 3 times
+    finally:
+        server.kill()
     assert "train: interrupted (Ctrl-C)" in interrupted.output
     assert "Traceback" not in interrupted.output
 

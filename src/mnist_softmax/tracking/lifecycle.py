@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from mnist_softmax.tracking import last_word
 from mnist_softmax.tracking.context import process_identity, process_start
 from mnist_softmax.tracking.run import RunHandle
+from mnist_softmax.tracking.store import last_calls
 
 STAGE_TAG = "pipeline.stage."  # + stage: the outcome of the stage's latest attempt; + ".reason": why
 REUSED_STAGE_TAG = "dvc_exp_reused."  # + experiment + "." + stage: the same, on a reused run
@@ -126,8 +127,10 @@ def stage_attempt(
 
 
 def _end(guard: _Guard, client: MlflowClient, run_id: str, stage: str, status: str, reason: str, reused_as: str):
-    """Record a failed or interrupted attempt now; if the store will not take it (an interrupt can leave this
-    process's own write half done and the store locked), the guard records it once this process is gone."""
+    """Record a failed or interrupted attempt now, trying once (a lost server must not hold up Ctrl-C); if the
+    store will not take it (gone, or an interrupt left this process's own write half done and the store
+    locked), the guard records it once this process is gone."""
+    last_calls(client.tracking_uri)
     try:
         end_stage(client, run_id, stage, status, reason, reused_as)
         guard.tell(last_word.DONE)
@@ -256,11 +259,12 @@ def end_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
         if same_machine:
             if process_start(int(pid)) == tags.get("pipeline.pid_start"):
                 continue
-            reason = f"process {pid} on {host} ended without closing the run (killed?)"
+            reason, stale_by = f"process {pid} on {host} ended without closing the run (killed?)", {}
         else:
             seen_beat, _, seen_at = tags.get(watcher, "").partition(" ")
             if seen_beat != beat or not seen_at:
-                client.set_tag(run.info.run_id, watcher, f"{beat} {boot_clock():.0f}")
+                with contextlib.suppress(MlflowException):  # a reader may not tag others' runs: it never ends them
+                    client.set_tag(run.info.run_id, watcher, f"{beat} {boot_clock():.0f}")
                 continue
             silent = boot_clock() - float(seen_at)
             if silent <= seconds(STALE_S):
@@ -269,7 +273,12 @@ def end_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
             reason = (
                 f"no heartbeat from {owner} for {int(silent)} s (seen from {me['pipeline.host']}): its process is gone"
             )
-            RunHandle(client, run.info.run_id).set_tags({STALE_TAG: me["pipeline.host"]})
-        end_stage(client, run.info.run_id, tags.get(OWNER_TAG, "train"), "FAILED", reason)
+            stale_by = {STALE_TAG: me["pipeline.host"]}
+        try:
+            if stale_by:
+                RunHandle(client, run.info.run_id).set_tags(stale_by)
+            end_stage(client, run.info.run_id, tags.get(OWNER_TAG, "train"), "FAILED", reason)
+        except MlflowException:  # not this user's to end (a reader): another stage will
+            continue
         ended.append(run.info.run_id)
     return ended

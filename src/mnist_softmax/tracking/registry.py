@@ -6,7 +6,7 @@ import contextlib
 
 from mlflow.exceptions import MlflowException
 
-from mnist_softmax.tracking.context import project_root, store_uri
+from mnist_softmax.tracking.context import project_root, store_uri, without_secrets
 from mnist_softmax.tracking.run import MODEL_URI_TAG
 from mnist_softmax.tracking.store import TrackingError, project_client
 
@@ -25,7 +25,7 @@ def promote(experiment: str, dvc_exp_name: str, model_name: str, alias: str) -> 
     if not runs or MODEL_URI_TAG not in runs[0].data.tags:
         raise TrackingError(
             f"no FINISHED run of {dvc_exp_name!r} with a logged model in experiment"
-            f" {experiment!r} of {store_uri(project_root())}"
+            f" {experiment!r} of {without_secrets(store_uri(project_root()))}"
         )
     run = runs[0]
     with contextlib.suppress(MlflowException):  # it exists already: nothing to say

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
+import shlex
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -63,27 +65,42 @@ def _create_sqlite_store(uri: str, artifact_root: str) -> None:
 HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+# After an interrupt or a failure, the stage's last calls (its outcome, closing the run) try once, briefly: the
+# stage's guard, or the next stage that opens the store, records what they could not.
+HTTP_LAST_CALLS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+PROBE_S = 3  # a server that answers no /health request in this long is lost
+
+
+def is_server(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https")
 
 
 def fail_fast(uri: str) -> None:
     """Short HTTP retries for a tracking server (a user's own MLFLOW_HTTP_REQUEST_* settings win)."""
-    if urlparse(uri).scheme in ("http", "https"):
+    if is_server(uri):
         for name, value in HTTP_RETRIES.items():
             os.environ.setdefault(name, value)
 
 
+def last_calls(uri: str) -> None:
+    """From now on, calls to the tracking server try once, briefly (see HTTP_LAST_CALLS)."""
+    if is_server(uri):
+        os.environ.update(HTTP_LAST_CALLS)
+
+
 def unreachable(uri: str) -> str | None:
-    """Why the tracking server of `uri` takes no connection now, or None (it does, or `uri` is no server)."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    """Why the tracking server of `uri` does not answer now, or None (it answers, whatever the status, or `uri`
+    is no server). A stopped server still accepts connections: only an answer counts."""
+    if not is_server(uri):
         return None
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
-        socket.create_connection((parsed.hostname, port), timeout=5).close()
-    except OSError as e:
-        return str(e)
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_S).close()
+    except urllib.error.HTTPError:
+        return None  # it answered (401 without credentials, say)
+    except (OSError, ValueError) as e:  # URLError, timeouts, refused connections
+        return str(getattr(e, "reason", e))
     return None
 
 
@@ -137,8 +154,8 @@ def _experiment_id(client: MlflowClient, uri: str, name: str, location: str | No
             # Its name stays taken until it is restored or garbage-collected: the run would fail later.
             raise TrackingError(
                 f"experiment {name!r} (id {exp.experiment_id}) is deleted in {without_secrets(uri)}; restore it"
-                f" with `MLFLOW_TRACKING_URI={without_secrets(uri)} mlflow experiments restore --experiment-id"
-                f" {exp.experiment_id}` or set tracking.experiment to another name"
+                f" with `MLFLOW_TRACKING_URI={shlex.quote(without_secrets(uri))} mlflow experiments restore"
+                f" --experiment-id {exp.experiment_id}` or set tracking.experiment to another name"
             )
         if exp is not None:
             return exp.experiment_id
