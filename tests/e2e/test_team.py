@@ -6,26 +6,33 @@ account on the machine can see or do."""
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import stat
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from mnist_softmax.core.preprocess import to_pixels
-from mnist_softmax.team.services import StackError, free_port, listens
+from mnist_softmax.team.services import ServiceRecord, StackError, free_port, identity, listens, wait_for
+from mnist_softmax.team.stack import Stack
 from tests import harness as P
 from tests.e2e.conftest import ADMIN_PASSWORD, ALICE, BOB, client_env, team_clone
+
+NOT_SECRET = {"postgres.port", "services.json", "users.json"}  # every other file of the state folder is 0600
 
 pytestmark = [
     pytest.mark.e2e,
@@ -325,8 +332,9 @@ def test_no_secret_on_a_command_line_nor_in_a_file_others_can_read(stack):
         assert stack.folder.stat().st_gid == grp.getgrnam("postgres").gr_gid
     else:
         assert stat.S_IMODE(stack.folder.stat().st_mode) == 0o700
-    files = [p for p in stack.folder.iterdir() if p.is_file() and p.suffix in (".password", ".secret", ".ini")]
-    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600} and len(files) == 6
+    files = [p for p in stack.folder.iterdir() if p.is_file() and p.name not in NOT_SECRET]
+    assert {"basic_auth.ini", "flask.secret", "db-optuna.password", "mlflow.log"} <= {p.name for p in files}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
     for path in [stack.folder, *files]:
         assert as_nobody("cat", str(path)).returncode != 0, path
 
@@ -406,15 +414,102 @@ def test_the_default_store_checks_credentials(stack, clones, bob):
         assert as_nobody("touch", str(target / "x" if target.is_dir() else target)).returncode != 0, target
 
 
-def test_credentials_go_only_to_a_listener_of_the_stacks_own_server(stack):
-    """What the stack checks before it sends a password: the listening socket of the port belongs to its
-    MLflow server's processes, not to another program that answers there."""
-    import socket
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers 200 to anything, as another program on a port or a proxy might, and keeps the headers it got."""
 
-    server = stack.procs[-1].pid
-    assert listens(server, stack.mlflow_port)
-    with socket.socket() as other:  # another program's listener, on another port
-        other.bind(("127.0.0.1", 0))
-        other.listen()
-        assert not listens(server, other.getsockname()[1])
-        assert listens(os.getpgid(0), other.getsockname()[1])
+    seen: ClassVar[list[dict]] = []
+
+    def do_GET(self):
+        Recorder.seen.append(dict(self.headers))
+        self.send_response(200)
+        self.end_headers()
+
+    do_POST = do_PATCH = do_DELETE = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recorder():
+    """The port of a Recorder server on 127.0.0.1."""
+    Recorder.seen.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_credentials_go_only_to_a_listener_of_the_stacks_own_server(stack, recorder, tmp_path):
+    """Another program that holds the port and answers /health gets no credential: the stack's server process
+    (here one that listens nowhere) does not hold the listening socket, so the start is refused."""
+    other = Stack(tmp_path, ADMIN_PASSWORD, mlflow_port=recorder)
+    server = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        with pytest.raises(StackError, match="another program answers"):
+            other._wait_for_own_server(server, tmp_path / "mlflow.log")
+    finally:
+        server.kill()
+        server.wait()
+    assert Recorder.seen and [h for h in Recorder.seen if "Authorization" in h] == []  # /health only
+    assert listens(stack.procs[-1].pid, stack.mlflow_port)  # the real server holds its port
+
+
+def test_passwords_never_go_to_a_proxy(stack, recorder, monkeypatch):
+    """http_proxy set: the stack's calls of its own server still go straight to it."""
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{recorder}")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's opener would read the proxy afresh
+    assert stack.api("GET", f"/api/2.0/mlflow/users/get?username={ALICE[0]}")["user"]["username"] == ALICE[0]
+    assert Recorder.seen == []
+
+
+def test_another_admin_password_is_named_as_such(stack):
+    stack.check_admin()
+    other = dataclasses.replace(stack, admin_password="another-admin-password")
+    with pytest.raises(StackError, match="MLFLOW_AUTH_ADMIN_PASSWORD differs from the admin password"):
+        other.check_admin()
+
+
+def test_a_service_that_ended_is_named(stack, tmp_path):
+    assert stack.dead() is None
+    other = Stack(tmp_path, ADMIN_PASSWORD)
+    proc = subprocess.Popen(["sh", "-c", "exit 3"], start_new_session=True)
+    other.procs.append(proc)
+    other.groups["the MLflow server"] = identity(proc.pid)
+    proc.wait()
+    assert other.dead() == f"the MLflow server exited (exit code 3); its log is in {other.folder}"
+    other.groups.clear()
+    other.postmaster = identity(os.getpid())  # a postmaster that is not the cluster's
+    assert (other.dead() or "").startswith("PostgreSQL exited")
+
+
+def test_a_service_that_does_not_come_up_is_one_line(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text("starting\n" * 200 + "Traceback (most recent call last):\n  ...\nOSError: the reason\n")
+    proc = subprocess.Popen(["sh", "-c", "exit 2"])
+    proc.wait()
+    with pytest.raises(StackError) as refused:
+        wait_for(f"http://127.0.0.1:{free_port()}/health", proc, "the server", log)
+    message = str(refused.value)
+    assert "\n" not in message and message.endswith(f"see its log {log}: OSError: the reason"), message
+
+
+def test_a_restart_stops_only_the_recorded_process_groups(tmp_path):
+    """A recorded group id whose leader is not the recorded process (its pid was reused) is left alone."""
+    record = ServiceRecord(tmp_path / "services.json")
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        pid, start = identity(other.pid)
+        record.save({"the MLflow server": [pid, start - 1]})
+        record.stop_survivors(print)
+        assert other.poll() is None
+        record.save({"the MLflow server": [pid, start]})
+        record.stop_survivors(print)
+        assert other.wait(30) == -15  # SIGTERM
+    finally:
+        other.kill()
+        other.wait()

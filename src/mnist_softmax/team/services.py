@@ -26,6 +26,9 @@ from mnist_softmax.errors import ExplainedError
 SUPERUSER = "postgres"  # the cluster's bootstrap role: only the stack itself logs in with it
 DATABASES = ("mlflow", "mlflow_auth", "optuna")  # each owned by the role of the same name, nothing more
 START_TIMEOUT_S = 120  # mlflow server answers /health after ~20 s on 2 cores
+# What the stack sends its own services, passwords included, goes straight to them: never to the proxy
+# that http_proxy names.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class StackError(ExplainedError, RuntimeError):
@@ -49,7 +52,7 @@ def check_port_free(host: str, port: int, what: str) -> None:
             s.bind((host, port))
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
-                raise
+                raise StackError(f"{what}: cannot listen on {host}:{port}: {e.strerror}") from None
             raise StackError(
                 f"{what}: port {port} on {host} is already in use by another program; stop it or choose"
                 " another port (a stack left running by a killed one is stopped by the next start)"
@@ -82,15 +85,29 @@ def listens(pgid: int, port: int) -> bool:
 def wait_for(url: str, proc: subprocess.Popen, name: str, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2):
+        with contextlib.suppress(OSError), LOCAL.open(url, timeout=2):
             return
         if proc.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise StackError(f"{name} did not come up at {url} (exit {proc.poll()}); its log {log}:\n{tail}")
+            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+            last = f": {lines[-1].strip()[:300]}" if lines else ""
+            raise StackError(f"{name} did not come up at {url} (exit {proc.poll()}); see its log {log}{last}")
         time.sleep(0.5)
 
 
 # ---- the state folder and its secrets ------------------------------------------------------------------
+
+
+def postgres_user() -> pwd.struct_passwd | None:
+    """The account PostgreSQL runs as when the stack runs as root (it refuses to run as root); None otherwise."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise StackError(
+            "there is no postgres user to run PostgreSQL as (it refuses root): install PostgreSQL's server"
+            " package (Debian: apt-get install postgresql), or run the stack as another user"
+        ) from None
 
 
 def private_folder(path: Path, postgres_gid: int | None) -> None:
@@ -171,21 +188,67 @@ class ServiceRecord:
                 return data
         return {}
 
-    def save(self, groups: dict[str, int]) -> None:
-        stack = [os.getpid(), started_at(os.getpid())]
-        self.path.write_text(json.dumps({"boot_id": boot_id(), "stack": stack, "groups": groups}))
+    def save(self, groups: dict[str, list], watchdog: int | None = None) -> None:
+        """`groups`: name -> [process group id, its leader's start time]."""
+        data = {"boot_id": boot_id(), "stack": identity(os.getpid()), "groups": groups}
+        if watchdog:
+            data["watchdog"] = identity(watchdog)
+        self.path.write_text(json.dumps(data))
 
-    def stop_survivors(self, say: Callable[[str], None]) -> None:
-        """Stop the services of an earlier stack that is gone; StackError if it is still running."""
+    def stop_survivors(self, say: Callable[[str], None], wait_s: float = 60) -> None:
+        """Stop the services of an earlier stack that is gone; StackError if it is still running. A group is
+        stopped only while its leader is the process recorded (same pid and start time): once it ended, its
+        id may name another program's group."""
         data = self.load()
-        pid, start = data.get("stack", (None, None))
-        if pid and pid != os.getpid() and start is not None and started_at(pid) == start:
+        pid = data.get("stack", [None])[0]
+        if pid and pid != os.getpid() and alive(data["stack"]):
             raise StackError(f"a stack (pid {pid}) is running with this folder: stop it first (Ctrl-C, kill {pid})")
-        for name, pgid in data.get("groups", {}).items():
-            if group_members(pgid):
-                say(f"stack: stopping {name} (process group {pgid}), left running by an earlier stack")
-                stop_group(pgid)
+        deadline = time.monotonic() + wait_s
+        while alive(data.get("watchdog")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the killed stack's watchdog is stopping its services
+        for name, leader in data.get("groups", {}).items():
+            if alive(leader) and group_members(leader[0]):
+                say(f"stack: stopping {name} (process group {leader[0]}), left running by an earlier stack")
+                stop_group(leader[0])
         self.save({})
+
+
+def identity(pid: int) -> list:
+    """[pid, its start time]: with the boot id, names one process even once its pid is reused."""
+    return [pid, started_at(pid)]
+
+
+def alive(recorded: list | None) -> bool:
+    """Whether the process recorded by `identity` is still running (not another one with its pid)."""
+    if not (isinstance(recorded, list) and len(recorded) == 2 and recorded[1] is not None):
+        return False  # nothing recorded, or not in this form: no process to be sure of
+    return started_at(recorded[0]) == recorded[1]
+
+
+# Run by the stack's watchdog (stack.py): it waits for the stack's end (its stdin closes, even on kill -9)
+# and then stops whatever the stack left running, as the next start would.
+WATCHDOG = """
+import signal, sys
+from pathlib import Path
+for signum in (signal.SIGINT, signal.SIGHUP):
+    signal.signal(signum, signal.SIG_IGN)
+if not sys.stdin.buffer.read():  # the stack stopped its services itself when it says so first
+    from mnist_softmax.team.services import stop_left_behind
+    stop_left_behind(Path(sys.argv[1]))
+"""
+
+
+def stop_left_behind(folder: Path) -> None:
+    """What the watchdog does once the stack's process is gone: its services and its PostgreSQL stopped."""
+    record = ServiceRecord(folder / "services.json")
+    data = record.load()
+    for leader in data.get("groups", {}).values():
+        if alive(leader):
+            stop_group(leader[0])
+    record.path.write_text(json.dumps({"boot_id": boot_id(), "groups": {}}))
+    postgres = Postgres(folder / "postgres", "127.0.0.1", 0)
+    if postgres.running():
+        postgres.stop()
 
 
 def stop_group(pgid: int, timeout: float = 20) -> None:
@@ -213,7 +276,7 @@ class Postgres:
 
     def __post_init__(self):
         self.state = self.folder.parent
-        self.owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        self.owner = postgres_user()
 
     def _as_owner(self, args: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *args] if self.owner else args
@@ -272,17 +335,25 @@ class Postgres:
     def _owner_roles(self) -> None:
         """Each database and its owner role, made or brought back to what the stack expects (a restart)."""
         import psycopg2
-        from psycopg2 import sql
 
         # The Unix socket in the cluster's folder, which only the postgres user can write: no other program
         # can be listening there, as one could on the TCP port, so the superuser's password reaches our own.
-        con = psycopg2.connect(
-            host=str(self.folder),
-            port=self.port,
-            user=SUPERUSER,
-            password=self.password(SUPERUSER),
-            dbname="postgres",
-        )
+        try:
+            self._make_roles(
+                psycopg2.connect(
+                    host=str(self.folder),
+                    port=self.port,
+                    user=SUPERUSER,
+                    password=self.password(SUPERUSER),
+                    dbname="postgres",
+                )
+            )
+        except psycopg2.Error as e:
+            raise StackError(f"PostgreSQL's roles and databases: {' '.join(str(e).split())}") from None
+
+    def _make_roles(self, con) -> None:
+        from psycopg2 import sql
+
         con.autocommit = True
         try:
             with con.cursor() as cur:
@@ -312,6 +383,13 @@ class Postgres:
         """The same through the cluster's Unix socket: for the stack's own MLflow server."""
         where = f"host={self.folder}&port={self.port}"  # the port names the socket file
         return f"postgresql+psycopg2://{database}:{self.password(database)}@/{database}?{where}"
+
+    def pid(self) -> list | None:
+        """The postmaster's identity (services.identity), None if it is not running."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+            return identity(pid) if started_at(pid) is not None else None
+        return None
 
     def stop(self) -> None:
         subprocess.run(

@@ -12,8 +12,8 @@ on this machine (the DVC remote: a path here, `ssh://` elsewhere): no store that
 credentials. `--s3-endpoint` uses an S3 store that checks keys instead; `--demo-s3` starts moto's S3
 server, which checks nothing and holds everything in memory: for a throwaway demo only.
 
-Ctrl-C, SIGTERM or SIGHUP stops all of it; a start finds services a killed stack left running in its
-folder and stops them first. docs/team.md has the rest.
+Ctrl-C, SIGTERM or SIGHUP stops all of it; after a kill -9 its watchdog stops the services, and a start
+finds any a killed stack left running in its folder and stops them first. docs/team.md has the rest.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import contextlib
 import dataclasses
 import json
 import os
-import pwd
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -39,12 +39,16 @@ from pathlib import Path
 from mnist_softmax.core.params import load_params
 from mnist_softmax.errors import ExplainedError
 from mnist_softmax.team.services import (
+    LOCAL,
+    WATCHDOG,
     Postgres,
     ServiceRecord,
     StackError,
     check_port_free,
     free_port,
+    identity,
     listens,
+    postgres_user,
     private_folder,
     private_log,
     secret,
@@ -62,7 +66,12 @@ CHECK_USERS = """
 import json, sys
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import _validate_password, _validate_username
-for name, password in json.load(sys.stdin):
+admin, users = json.load(sys.stdin)
+try:
+    _validate_password(admin)
+except MlflowException as e:
+    print(f"MLFLOW_AUTH_ADMIN_PASSWORD: MLflow refuses it: {e.message}")
+for name, password in users:
     try:
         _validate_username(name)
         _validate_password(password)
@@ -107,7 +116,9 @@ class Stack:
         # PostgreSQL stays on loopback whatever --host says: remote workers come through an SSH tunnel.
         self.postgres = Postgres(self.folder / "postgres", "127.0.0.1", self.postgres_port or free_port())
         self.record = ServiceRecord(self.folder / "services.json")
-        self.groups: dict[str, int] = {}
+        self.groups: dict[str, list] = {}  # name -> [process group id, its leader's start time]
+        self.watchdog: subprocess.Popen | None = None
+        self.postmaster: list | None = None
 
     @property
     def artifacts(self) -> str:
@@ -120,8 +131,34 @@ class Stack:
 
     def _started(self, name: str, proc: subprocess.Popen) -> None:
         self.procs.append(proc)
-        self.groups[name] = proc.pid  # its own session: the process group's id is its pid
-        self.record.save(self.groups)
+        self.groups[name] = identity(proc.pid)  # its own session: the process group's id is its pid
+        self.record.save(self.groups, self.watchdog.pid if self.watchdog else None)
+
+    def _start_watchdog(self) -> None:
+        """A process that outlives a kill -9 of the stack: when its stdin (a pipe from the stack) closes
+        without a word, the stack is gone and it stops the services and PostgreSQL."""
+        code = str(Path(__file__).resolve().parents[2])  # the watchdog runs the code this stack runs
+        path = os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")]))
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": path}  # pg_ctl, runuser; none of our secrets
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, str(self.folder)],
+            stdin=subprocess.PIPE,
+            stdout=private_log(self.folder / "watchdog.log"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # neither Ctrl-C nor the terminal's SIGHUP reach it
+        )
+        self.record.save(self.groups, self.watchdog.pid)
+
+    def dead(self) -> str | None:
+        """Which service has ended on its own, if one has."""
+        for name, (pid, _start) in self.groups.items():
+            code = next((p.poll() for p in self.procs if p.pid == pid), None)
+            if code is not None:
+                return f"{name} exited (exit code {code}); its log is in {self.folder}"
+        if self.postmaster and self.postgres.pid() != self.postmaster:
+            return f"PostgreSQL exited; its log: {self.postgres.folder / 'postgres.log'}"
+        return None
 
     # ---- the object store ------------------------------------------------------------------------------
 
@@ -159,17 +196,38 @@ class Stack:
         env = self.s3_env()
         if not (env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]):
             raise StackError("--s3-endpoint: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, the store's keys")
+        anonymous = self._s3(signed=False)
+        probe = ".mnist-softmax-stack-check"  # an empty object: removed again if an anonymous write lands
+        requests: list[tuple[str, Callable, dict]] = [("ListBuckets", anonymous.list_buckets, {})]
+        for bucket in (ARTIFACT_BUCKET, DVC_BUCKET):
+            requests += [
+                (f"HeadBucket {bucket}", anonymous.head_bucket, {"Bucket": bucket}),
+                (f"ListObjects {bucket}", anonymous.list_objects_v2, {"Bucket": bucket, "MaxKeys": 1}),
+                (f"PutObject {bucket}", anonymous.put_object, {"Bucket": bucket, "Key": probe, "Body": b""}),
+            ]
+        for what, request, kwargs in requests:
+            try:
+                request(**kwargs)
+            except ClientError:
+                continue  # refused without credentials: what we want
+            except BotoCoreError as e:
+                raise StackError(f"the S3 store at {self.s3_endpoint} cannot be reached: {e}") from None
+            if what.startswith("PutObject"):
+                with contextlib.suppress(ClientError, BotoCoreError):
+                    self._s3().delete_object(Bucket=kwargs["Bucket"], Key=probe)
+            raise StackError(
+                f"the S3 store at {self.s3_endpoint} answers requests without credentials ({what}): anyone who"
+                " reaches it could read, overwrite and delete the artifacts; give a store that checks keys, or"
+                " --demo-s3 for a throwaway demo"
+            )
         try:
-            self._s3(signed=False).list_buckets()
-        except ClientError:
-            return  # refused without credentials: what we want
+            self._s3().list_buckets()
+        except ClientError as e:
+            raise StackError(
+                f"the S3 store at {self.s3_endpoint} refuses the keys of AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: {e}"
+            ) from None
         except BotoCoreError as e:
             raise StackError(f"the S3 store at {self.s3_endpoint} cannot be reached: {e}") from None
-        raise StackError(
-            f"the S3 store at {self.s3_endpoint} answers requests without credentials: anyone who reaches it"
-            " could read, overwrite and delete the artifacts; give a store that checks keys, or --demo-s3"
-            " for a throwaway demo"
-        )
 
     def _start_s3(self) -> None:
         if self.demo_s3:
@@ -185,10 +243,15 @@ class Stack:
             self.s3_endpoint = f"http://{self.host}:{port}"
             wait_for(f"{self.s3_endpoint}/moto-api/", proc, "the S3 server (moto)", log)
         if self.s3_endpoint:
+            from botocore.exceptions import BotoCoreError, ClientError
+
             s3 = self._s3()
-            existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-            for bucket in {ARTIFACT_BUCKET, DVC_BUCKET} - existing:
-                s3.create_bucket(Bucket=bucket)
+            try:
+                existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+                for bucket in {ARTIFACT_BUCKET, DVC_BUCKET} - existing:
+                    s3.create_bucket(Bucket=bucket)
+            except (BotoCoreError, ClientError) as e:
+                raise StackError(f"the S3 store at {self.s3_endpoint}: its buckets: {e}") from None
         else:
             for folder in ("artifacts", "dvc"):
                 (self.folder / folder).mkdir(mode=0o700, exist_ok=True)
@@ -232,10 +295,27 @@ class Stack:
             args, env=env, stdout=private_log(log), stderr=subprocess.STDOUT, start_new_session=True
         )
         self._started("the MLflow server", proc)
+        self._wait_for_own_server(proc, log)
+        self.check_admin()
+
+    def _wait_for_own_server(self, proc: subprocess.Popen, log: Path) -> None:
+        """Until `proc` serves /health; whoever answers gets no credential unless `proc`'s group holds the
+        port's listening socket."""
         wait_for(f"{self.url}/health", proc, "the MLflow server", log)
-        # Whoever answered /health gets no credential unless it is our server that holds the port.
         if not listens(proc.pid, self.mlflow_port):
             raise StackError(f"another program answers on {self.url}: it gets none of the stack's passwords")
+
+    def check_admin(self) -> None:
+        """The auth database keeps the admin password of the folder's first start: any other gets 401."""
+        try:
+            self.api("GET", f"/api/2.0/mlflow/users/get?username={ADMIN}")
+        except ApiError as e:
+            if e.code != 401:
+                raise
+            raise StackError(
+                f"MLFLOW_AUTH_ADMIN_PASSWORD differs from the admin password that MLflow's auth database in"
+                f" {self.folder} holds (the one of its first start): export that one, or change it in MLflow"
+            ) from None
 
     def api(
         self,
@@ -254,7 +334,7 @@ class Stack:
             headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with LOCAL.open(request, timeout=30) as response:
                 text = response.read().decode()
         except urllib.error.HTTPError as e:
             answer = e.read().decode(errors="replace")
@@ -274,6 +354,19 @@ class Stack:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise StackError(f"user {name!r}: MLflow refuses it: {e}") from None
             self.api("PATCH", "/api/2.0/mlflow/users/update-password", {"username": name, "password": password})
+
+    def remove_users_not_in(self, names: list[str]) -> None:
+        """Delete the users an earlier start made that this one does not name: their accounts and grants."""
+        made = self.folder / "users.json"
+        earlier = json.loads(made.read_text()) if made.exists() else []
+        for name in sorted(set(earlier) - set(names)):
+            try:
+                self.api("DELETE", "/api/2.0/mlflow/users/delete", {"username": name})
+            except ApiError as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+            self.say(f"stack: removed user {name!r} (account and permissions): not named on this start")
+        made.write_text(json.dumps(sorted(names)))
 
     def grant(self, experiment: str, name: str, permission: str) -> None:
         """Create the experiment if need be (as admin) and give `name` that permission on it (replacing the
@@ -303,7 +396,7 @@ class Stack:
             self.postgres.stop()
 
     def start(self) -> Stack:
-        owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        owner = postgres_user()
         private_folder(self.folder, owner.pw_gid if owner else None)
         self._stop_survivors()
         check_port_free(self.host, self.mlflow_port, "the MLflow server")
@@ -312,7 +405,9 @@ class Stack:
             self._check_store()
         (self.folder / "postgres.port").write_text(str(self.postgres.port))
         try:
+            self._start_watchdog()
             self.postgres.start()
+            self.postmaster = self.postgres.pid()
             self._start_s3()
             self._start_mlflow()
         except BaseException:
@@ -321,14 +416,25 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            stop_group(proc.pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-        self.procs.clear()
-        self.groups.clear()
-        self.record.save({})
-        self.postgres.stop()
+        # A second Ctrl-C, or SIGHUP then SIGTERM, must not cut the stop short and leave PostgreSQL running.
+        main = threading.current_thread() is threading.main_thread()
+        before = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS} if main else {}
+        try:
+            for proc in reversed(self.procs):
+                stop_group(proc.pid)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)
+            self.procs.clear()
+            self.groups.clear()
+            self.record.save({}, self.watchdog.pid if self.watchdog else None)
+            self.postgres.stop()
+            if self.watchdog:
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    self.watchdog.communicate(b"stopped", timeout=10)  # a word before the end: nothing to do
+                self.watchdog = None
+        finally:
+            for signum, handler in before.items():
+                signal.signal(signum, handler)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -343,6 +449,9 @@ class Stack:
             "MLFLOW_TRACKING_USERNAME": user,
             "MLFLOW_TRACKING_PASSWORD": password,
         }
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _interrupt(signum, frame):
@@ -380,13 +489,14 @@ def read_passwords(path: str) -> dict[str, str]:
     return passwords
 
 
-def check_users(users: list[tuple[str, str]]) -> None:
-    """MLflow's own verdict on each new user, before anything starts: every refusal in one message."""
+def check_users(admin_password: str, users: list[tuple[str, str]]) -> None:
+    """MLflow's own verdict on the admin's password and each new user, before anything starts: every
+    refusal in one message."""
     problems = [
         f"user {ADMIN!r}: the server's admin, set by MLFLOW_AUTH_ADMIN_PASSWORD" for n, _ in users if n == ADMIN
     ]
     done = subprocess.run(
-        [sys.executable, "-c", CHECK_USERS], input=json.dumps(users), capture_output=True, text=True
+        [sys.executable, "-c", CHECK_USERS], input=json.dumps([admin_password, users]), capture_output=True, text=True
     )  # passwords on stdin, not in arguments
     if done.returncode != 0:
         raise StackError(f"could not check the users with MLflow: {done.stderr.strip()[-1000:]}")
@@ -408,7 +518,7 @@ def serve(args: argparse.Namespace) -> None:
     if both:
         raise StackError(f"{', '.join(sorted(both))}: both --writer and --reader")
     users = [(name, passwords[name]) for name in dict.fromkeys(args.writer + args.reader)]
-    check_users(users)
+    check_users(password, users)
     stack = Stack(
         Path(args.dir),
         password,
@@ -420,6 +530,7 @@ def serve(args: argparse.Namespace) -> None:
         say=lambda text: print(text, file=sys.stderr, flush=True),
     )
     with stack:
+        stack.remove_users_not_in([name for name, _ in users])
         for name, pw in users:
             stack.add_user(name, pw)
         for name in args.writer:
@@ -456,9 +567,12 @@ def serve(args: argparse.Namespace) -> None:
             "Ctrl-C stops the stack.",
             flush=True,
         )
+        dead = None
         with contextlib.suppress(KeyboardInterrupt):
-            while all(p.poll() is None for p in stack.procs):
+            while (dead := stack.dead()) is None:
                 time.sleep(1)
+        if dead:
+            raise StackError(f"{dead}: the stack stops")
 
 
 def main(argv=None) -> int:
@@ -489,8 +603,9 @@ def main(argv=None) -> int:
         serve(args)
     except KeyboardInterrupt:
         return 130
-    except ExplainedError as e:
-        print(f"stack: error: {e}", file=sys.stderr)
+    except Exception as e:  # one line, no traceback: what went wrong is the message (ExplainedError's, or the raw one)
+        what = str(e) if isinstance(e, ExplainedError) else f"{type(e).__name__}: {e}"
+        print(f"stack: error: {' '.join(what.split())}", file=sys.stderr)
         return 1
     return 0
 
