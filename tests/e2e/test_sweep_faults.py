@@ -17,7 +17,11 @@ import pytest
 
 from tests import harness as P
 
-pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+    pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize"),
+]
 
 SWEEP = """study: {study}
 objective: {{metric: {metric}, direction: {direction}}}
@@ -52,6 +56,21 @@ def load_study(root: Path, name: str):
     import optuna
 
     return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'optuna.db'}")
+
+
+def experiment_processes(root: Path) -> list[str]:
+    """Command lines of the running processes of a trial's experiment (its guard, `dvc exp run`, stages) whose
+    working directory is in `root` (a `--temp` experiment runs in a folder under .dvc/tmp)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            where = Path(os.readlink(entry / "cwd"))
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # not a process, or gone
+            continue
+        if where.is_relative_to(root) and any(s in line for s in ("sweep_trial", "exp run", "-m pipeline.")):
+            found.append(line)
+    return found
 
 
 def study_runs(root: Path, study: str) -> list:
@@ -91,13 +110,15 @@ def test_a_worker_with_another_sweep_file_refuses_to_join_and_the_last_worker_fa
     assert all(t.user_attrs["fail_reason"] for t in study.trials)
 
     (root / "other.yaml").write_text(sweep_text("joined", direction="maximize", trials=6, high=0.3))
-    second = worker(root, "other.yaml")
+    second = worker(root, "other.yaml", "--heartbeat", "2", "--set", "train.epochs=2")
     assert second.wait(timeout=P.WAIT_S) == 1, second.output
     out = second.output
-    assert "study joined runs another sweep file" in out, out
-    assert 'objective.direction: the study\'s is "minimize", this sweep file\'s "maximize"' in out, out
-    assert "trials: the study's is 5, this sweep file's 6" in out, out
-    assert "space.train.lr.high: the study's is 0.2, this sweep file's 0.3" in out, out
+    assert "study joined runs another sweep file or other worker settings" in out, out
+    assert 'objective.direction: the study\'s is "minimize", this worker\'s "maximize"' in out, out
+    assert "trials: the study's is 5, this worker's 6" in out, out
+    assert "space.train.lr.high: the study's is 0.2, this worker's 0.3" in out, out
+    assert "--heartbeat: the study's is 1, this worker's 2" in out, out
+    assert "--set: the study's is [], this worker's [\"train.epochs=2\"]" in out, out
     assert "sweep: trial" not in out and "Traceback" not in out
     assert len(load_study(root, "joined").trials) == 3
 
@@ -125,6 +146,10 @@ def test_values_that_dvc_would_write_differently_are_refused_before_any_trial(tm
         assert done.wait(timeout=P.WAIT_S) == 1, done.output
         assert says in done.output, done.output
         assert secret not in done.output and "sweep: trial" not in done.output
+    done = worker(root, "sweep.yaml", "--storage", f"postgresql://optuna:{secret}@127.0.0.1:9/optuna")
+    assert done.wait(timeout=P.WAIT_S) == 1, done.output
+    assert "--storage: the URL holds a password" in done.output and "$OPTUNA_STORAGE" in done.output, done.output
+    assert secret not in done.output
     assert not (root / "optuna.db").exists()  # refused before the study was opened
 
 
@@ -140,6 +165,65 @@ def test_an_objective_the_evaluate_stage_does_not_write_is_refused_before_any_tr
         " (there is: test_accuracy, test_loss)" in done.output
     ), done.output
     assert "sweep: trial" not in done.output
+
+
+def test_a_study_whose_first_start_failed_is_not_left_without_its_run(tmp_path, monkeypatch):
+    """The study's MLflow experiment is deleted: the worker is refused with the restore command before the
+    study exists. Then a study without a run and without trials, as a creator that died before opening it
+    leaves: the next worker waits (up to --max-wait), creates it anew with its run and runs its trials."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from mnist_softmax.tracking.store import open_store
+
+    root = bare_folder(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _, experiment_id, _ = open_store(P.EXPERIMENT, root)
+    client = MlflowClient(P.store_uri(root))
+    client.delete_experiment(experiment_id)
+    (root / "sweep.yaml").write_text(sweep_text("restart", trials=5))
+    refused = worker(root, "sweep.yaml")
+    assert refused.wait(timeout=P.WAIT_S) == 1, refused.output
+    assert "is deleted in" in refused.output and "mlflow experiments restore" in refused.output, refused.output
+    url = f"sqlite:///{root / 'optuna.db'}"
+    assert not (root / "optuna.db").exists() or optuna.get_all_study_names(url) == []
+
+    client.restore_experiment(experiment_id)
+    optuna.create_study(storage=url, study_name="restart")  # its creator died before opening its run
+    w = worker(root, "sweep.yaml", "--max-wait", "2")
+    assert w.wait(timeout=P.WAIT_S) == 1, w.output  # its trials fail at once here (no DVC project)
+    assert "sweep: waiting for the worker that created study restart" in w.output, w.output
+    assert "study restart has no MLflow run and no trial after 2 s: created anew" in w.output
+    assert "sweep: trial 0: restart-0 " in w.output and "3 trials in a row failed" in w.output
+    assert parent_run(root, "restart").info.status == "FAILED"
+
+
+def test_the_last_worker_waits_for_a_dead_workers_trial_to_end_the_study_run(tmp_path, monkeypatch):
+    """Another worker was killed mid-trial, its heartbeat not yet stale: the worker that leaves fails it once
+    stale (saying what it waits for), then ends the study's MLflow run with its reason."""
+    from optuna.trial import TrialState
+
+    from mnist_softmax.core.settings import read_yaml, validate
+    from mnist_softmax.team.sweep import Worker
+    from mnist_softmax.team.sweep_file import SweepFile, fingerprint
+    from mnist_softmax.team.sweep_study import open_storage, open_study
+
+    root = bare_folder(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", P.store_uri(root))
+    (root / "sweep.yaml").write_text(sweep_text("left", trials=2))
+    sweep = validate(SweepFile, read_yaml(root / "sweep.yaml"), "sweep.yaml")
+    storage = open_storage(f"sqlite:///{root / 'optuna.db'}", 1)
+    mine = fingerprint(sweep, 1, [], root / "params.yaml")
+    study, parent = open_study(storage, sweep, P.EXPERIMENT, mine)
+    dead = study.ask()
+    storage.record_heartbeat(dead._trial_id)  # its worker beat, then was killed
+    said: list[str] = []
+    Worker(sweep, storage, study, parent, None, log=said.append).leave("FAILED", "the last reason")
+    assert study.trials[0].state == TrialState.FAIL
+    assert said[0].startswith("sweep: waiting up to 4 s for trial 0, running on other workers"), said
+    run = parent_run(root, "left")
+    assert run.info.status == "FAILED", run.data.tags
+    assert "0 of 2 trials done; the last: the last reason" in run.data.tags["pipeline.end_reason"]
 
 
 # ---- with a training -------------------------------------------------------------------------------------
@@ -198,13 +282,14 @@ def test_a_trial_that_never_beat_is_failed_and_an_unreadable_metric_fails_only_i
     the worker waits for it, saying so, fails it after the grace period and runs its own trial. That
     trial's experiment lacks the objective (the clone's metrics file had it, the evaluate stage does not
     write it): the trial fails with the reason, the experiment is kept, and the worker goes on to the next
-    trial; Ctrl-C then ends the study's MLflow run KILLED with the reason."""
+    trial; a SIGHUP (its terminal closed) then stops it and its trial's experiment, and ends the study's MLflow
+    run KILLED with the reason."""
     import optuna
     from optuna.trial import TrialState
 
     from mnist_softmax.core.settings import read_yaml, validate
-    from mnist_softmax.team.sweep import open_storage, open_study
-    from mnist_softmax.team.sweep_file import SweepFile
+    from mnist_softmax.team.sweep_file import SweepFile, fingerprint
+    from mnist_softmax.team.sweep_study import open_storage, open_study
 
     root = P.clone_project(template, e2e_dir / "sweep-orphan")
     eval_json = root / "metrics" / "eval.json"
@@ -213,7 +298,8 @@ def test_a_trial_that_never_beat_is_failed_and_an_unreadable_metric_fails_only_i
     url = f"sqlite:///{root / 'optuna.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", P.store_uri(root))
     sweep = validate(SweepFile, read_yaml(root / "sweep.yaml"), "sweep.yaml")  # the copy's params need its code
-    open_study(open_storage(url, 1), sweep, P.EXPERIMENT)  # as the worker that created it did
+    mine = fingerprint(sweep, 1, [], root / "params.yaml")
+    open_study(open_storage(url, 1), sweep, P.EXPERIMENT, mine)  # as the worker that created it did
     orphan = optuna.load_study(study_name="orphan", storage=url).ask()  # no heartbeat thread: never beats
     assert orphan.number == 0
 
@@ -224,11 +310,16 @@ def test_a_trial_that_never_beat_is_failed_and_an_unreadable_metric_fails_only_i
         w.wait_for(r"^sweep: trial 1: orphan-1 ")
         w.wait_for(r"^sweep: orphan-1: metrics/eval.json: no metric test_f1 \(there is: test_accuracy, test_loss\)")
         w.wait_for(r"^sweep: trial 2: orphan-2 ")  # it goes on
-        os.killpg(w.popen.pid, signal.SIGINT)
+        deadline = time.monotonic() + P.WAIT_S
+        while not experiment_processes(root):
+            assert time.monotonic() < deadline and w.popen.poll() is None, w.output
+            time.sleep(0.1)
+        os.kill(w.popen.pid, signal.SIGHUP)  # its terminal closed
         assert w.wait() == 130, w.output
     finally:
         w.kill_tree()
     assert "KeyError" not in w.output
+    assert experiment_processes(root) == []  # its trial's experiment was stopped with it
 
     trials = load_study(root, "orphan").trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 3
@@ -238,4 +329,4 @@ def test_a_trial_that_never_beat_is_failed_and_an_unreadable_metric_fails_only_i
     parent = parent_run(root, "orphan")
     assert parent.info.status == "KILLED", parent.data.tags
     assert "0 of 1 trials done" in parent.data.tags["pipeline.end_reason"]
-    assert "interrupted" in parent.data.tags["pipeline.end_reason"]
+    assert "interrupted (signal SIGHUP)" in parent.data.tags["pipeline.end_reason"]

@@ -11,8 +11,10 @@ import time
 
 import pytest
 
+from mnist_softmax.team.sweep_trial import STOP_S
 from tests import harness as P
 from tests.e2e.conftest import client_env, team_clone
+from tests.e2e.test_sweep_faults import experiment_processes
 
 pytestmark = [
     pytest.mark.e2e,
@@ -22,6 +24,7 @@ pytestmark = [
 
 TRIALS = 3  # two workers: one trial each at once, then a race for the last one (the loser's is excess)
 KILLED_TRIALS = 2  # the survivor completes them all
+KILLED_EPOCHS = 20  # every worker's (a study's workers share their settings): the doomed trial is killed mid-training
 SWEEP = """study: {study}
 objective: {{metric: test_loss, direction: minimize}}
 trials: {trials}
@@ -105,16 +108,17 @@ def test_two_workers_share_one_study(stack, template, e2e_dir, bob):
 
 
 def test_a_worker_killed_mid_trial_leaves_nothing_running(stack, template, e2e_dir, bob):
-    """kill -9 of one worker's process group while its trial trains: the trial ends FAILED in the study (its
-    heartbeat goes stale), its MLflow run FAILED, and the other worker completes the budget."""
+    """kill -9 of one worker's process group while its trial trains: the trial's guard interrupts its
+    experiment (no `dvc exp run` or stage left running, its MLflow run KILLED), the trial ends FAILED in the
+    study (its heartbeat goes stale), and the other worker completes the budget."""
     from optuna.trial import TrialState
 
     _, a, b = two_clones(stack, template, e2e_dir, "sweep-killed")
     for clone in (a, b):
         (clone / "sweep.yaml").write_text(SWEEP.format(study="killed", trials=KILLED_TRIALS))
-    # The doomed worker's trials train long enough to be killed mid-training, not between two stages.
-    doomed = worker(a, stack, "sweep.yaml", "--set", "train.epochs=300")
-    survivor = worker(b, stack, "sweep.yaml")
+    epochs = f"train.epochs={KILLED_EPOCHS}"
+    doomed = worker(a, stack, "sweep.yaml", "--set", epochs)
+    survivor = worker(b, stack, "sweep.yaml", "--set", epochs)
     trial = int(doomed.wait_for(r"^sweep: trial (\d+): killed-").group(1))
     deadline = time.monotonic() + 300
     while True:  # until that trial's training is under way
@@ -126,6 +130,10 @@ def test_a_worker_killed_mid_trial_leaves_nothing_running(stack, template, e2e_d
     os.killpg(doomed.popen.pid, signal.SIGKILL)
     doomed.wait()
     assert survivor.wait(timeout=1200) == 0, survivor.output
+    deadline = time.monotonic() + STOP_S + 10
+    while left := experiment_processes(a):  # the guard gives the experiment STOP_S to end, then kills it
+        assert time.monotonic() < deadline, left
+        time.sleep(0.5)
 
     study = load_study(stack, "killed")
     states = {t.number: t.state for t in study.trials}
@@ -135,4 +143,4 @@ def test_a_worker_killed_mid_trial_leaves_nothing_running(stack, template, e2e_d
     runs = study_runs(stack, bob, "killed")
     assert "RUNNING" not in {r.info.status for r in runs}
     [killed] = [r for r in runs if r.data.tags.get("sweep.trial") == str(trial)]
-    assert killed.info.status == "FAILED", {k: v for k, v in killed.data.tags.items() if k.startswith("pipeline")}
+    assert killed.info.status == "KILLED", {k: v for k, v in killed.data.tags.items() if k.startswith("pipeline")}

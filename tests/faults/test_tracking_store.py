@@ -96,6 +96,11 @@ class MlflowServer:
         assert self.proc is not None
         self.proc.kill_tree()
 
+    def hang(self):
+        """SIGSTOP: it still takes connections, and never answers."""
+        assert self.proc is not None
+        os.killpg(self.proc.popen.pid, signal.SIGSTOP)
+
 
 def train(project, uri) -> H.Proc:
     """A long training on the server (epochs are milliseconds here), once its first epoch is logged."""
@@ -121,7 +126,7 @@ def test_a_lost_tracking_server_is_one_clear_error_and_ctrl_c_does_not_wait_for_
     first = H.runs(server.uri)[0]
     assert first.info.status == "FAILED"
     assert "ended without closing the run" in first.data.tags["pipeline.end_reason"]
-    os.killpg(server.proc.popen.pid, signal.SIGSTOP)  # hung: it takes connections and never answers
+    server.hang()
     try:
         interrupted.popen.send_signal(signal.SIGINT)
         assert interrupted.wait(timeout=60) == 130, interrupted.output  # each call would wait 10 s, 3 times

@@ -198,10 +198,31 @@ def test_the_fingerprint_names_every_difference_but_the_study_name(tmp_path):
     )
     assert differences(fingerprint(mine), fingerprint(mine)) == []
     assert differences(fingerprint(mine), fingerprint(other)) == [
-        'objective.direction: the study\'s is "maximize", this sweep file\'s "minimize"',
-        'objective.metric: the study\'s is "test_accuracy", this sweep file\'s "test_loss"',
+        'objective.direction: the study\'s is "maximize", this worker\'s "minimize"',
+        'objective.metric: the study\'s is "test_accuracy", this worker\'s "test_loss"',
         'space.model.activation: the study\'s is {"type": "categorical", "choices": ["relu", "gelu"]},'
-        " this sweep file's null",
-        "space.train.lr.high: the study's is 0.1, this sweep file's 0.2",
-        "trials: the study's is 8, this sweep file's 9",
+        " this worker's null",
+        "space.train.lr.high: the study's is 0.1, this worker's 0.2",
+        "trials: the study's is 8, this worker's 9",
     ]
+
+
+def test_the_fingerprint_covers_the_heartbeat_the_set_values_and_the_unswept_params(tmp_path):
+    """Workers of one study must run its trials alike: the same heartbeat (one worker's grace period would
+    fail another's healthy trials), --set values and params.yaml outside the space."""
+    sweep = load(tmp_path, GOOD)
+    params = PARAMS.read_text()
+    swept = tmp_path / "swept.yaml"  # only a swept key differs: each trial sets it anyway
+    swept.write_text(params.replace("  lr: 0.01", "  lr: 0.05", 1))
+    other = tmp_path / "other.yaml"
+    other.write_text(params.replace("  epochs: 10", "  epochs: 11", 1))
+    assert swept.read_text() != params and other.read_text() != params
+
+    study = fingerprint(sweep, 10, ["train.threads=1"], PARAMS)
+    assert differences(study, fingerprint(sweep, 10, ["train.threads=1"], swept)) == []
+    found = differences(study, fingerprint(sweep, 1, ["train.threads=2"], other))
+    assert found[:2] == [
+        "--heartbeat: the study's is 10, this worker's 1",
+        '--set: the study\'s is ["train.threads=1"], this worker\'s ["train.threads=2"]',
+    ]
+    assert len(found) == 3 and found[2].startswith("params.yaml outside the space (sha256): the study's is"), found

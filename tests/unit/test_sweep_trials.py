@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from mnist_softmax.team.sweep import StaleTrials, beating
+from mnist_softmax.team.sweep_study import StaleTrials, beating
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),

@@ -16,13 +16,11 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from mnist_softmax.cli import StageError, run
@@ -31,7 +29,6 @@ from mnist_softmax.core.params import load_params
 from mnist_softmax.fileio import read_json
 from mnist_softmax.team.sweep_file import (
     SweepFile,
-    differences,
     dotted,
     fingerprint,
     load_sweep,
@@ -40,14 +37,24 @@ from mnist_softmax.team.sweep_file import (
     settings_problems,
     suggest,
 )
+from mnist_softmax.team.sweep_study import (
+    CREATOR_WAIT_S,
+    DEFAULT_HEARTBEAT_S,
+    MISSED_BEATS,
+    StaleTrials,
+    beating,
+    counts,
+    open_storage,
+    open_study,
+    storage_url,
+)
+from mnist_softmax.team.sweep_trial import interrupt, trial_process
 from mnist_softmax.tracking.context import PARENT_RUN_ENV, STUDY_ENV, TRIAL_ENV, project_root
 
 WAIT_S = 5  # between looks at the other workers' trials
 MAX_FAILURES = 3  # trials of one worker failed in a row: it stops
 MAX_WAIT_S = 6 * 3600  # default deadline of a wait for other workers' trials
-MISSED_BEATS = 4  # a trial is failed after this many heartbeats missed
 METRICS_FILE = "metrics/eval.json"  # evaluate's metrics (dvc.yaml): the objective is one of them
-SWEEP_ATTR, PARENT_ATTR = "sweep", "mlflow_parent_run"  # the study's user attrs: its fingerprint, its MLflow run
 
 
 class Excess(Exception):
@@ -56,156 +63,6 @@ class Excess(Exception):
 
 class GaveUp(StageError):
     """A wait for other workers passed its deadline: this worker stops (not a failure of its trial)."""
-
-
-def default_storage() -> str:
-    return os.environ.get("OPTUNA_STORAGE") or f"sqlite:///{project_root() / 'optuna.db'}"
-
-
-def open_storage(url: str, heartbeat_s: int):
-    """The RDB storage, with heartbeats: a trial whose worker stopped beating for the grace period is failed
-    by the next worker that looks. Workers opening an empty database at once race on creating its tables:
-    the losers wait and try again."""
-    import optuna
-
-    for attempt in range(10):
-        try:
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=heartbeat_s,
-                grace_period=MISSED_BEATS * heartbeat_s,
-                heartbeat_stale_trial_callback=_end_trial_run,
-            )
-        except Exception:  # sqlalchemy's IntegrityError / ProgrammingError from the racing CREATEs
-            if attempt == 9:
-                raise
-            time.sleep(random.uniform(0.2, 1.0))
-
-
-def _end_trial_run(study, trial) -> None:
-    """A stale trial was failed: so is its MLflow run's running stage, if its guard has not done it."""
-    from mnist_softmax.tracking.studies import end_trial_runs
-
-    end_trial_runs(study.study_name, trial.number, "its sweep worker stopped (no Optuna heartbeat)")
-
-
-def open_study(storage, sweep: SweepFile, experiment: str, log=print):
-    """(study, parent MLflow run id). The worker that creates the study records the sweep file's
-    fingerprint and opens the study's MLflow run; the others wait for both, and refuse to join a study
-    whose sweep file differs from theirs (another objective, budget or space would corrupt its results)."""
-    import optuna
-
-    from mnist_softmax.tracking.studies import open_study_run
-
-    sampler = optuna.samplers.TPESampler(seed=None)
-    pruner = (
-        optuna.pruners.MedianPruner(n_warmup_steps=sweep.pruning.warmup_epochs)
-        if sweep.pruning
-        else optuna.pruners.NopPruner()
-    )
-    try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=sweep.study,
-            direction=sweep.objective.direction,
-            sampler=sampler,
-            pruner=pruner,
-        )
-        study.set_user_attr(SWEEP_ATTR, fingerprint(sweep))
-        study.set_user_attr(PARENT_ATTR, open_study_run(experiment, sweep.study, sweep.trials))
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(storage=storage, study_name=sweep.study, sampler=sampler, pruner=pruner)
-    deadline = time.monotonic() + 120
-    while PARENT_ATTR not in (attrs := study.user_attrs):  # its creator sets the fingerprint first
-        if time.monotonic() > deadline:
-            raise StageError(f"study {sweep.study} has no MLflow run after 120 s (its creator died?)")
-        log(f"sweep: waiting for the worker that created study {sweep.study} to open its MLflow run")
-        time.sleep(1)
-    theirs = attrs.get(SWEEP_ATTR)
-    if theirs != fingerprint(sweep):
-        found = differences(theirs, fingerprint(sweep)) if isinstance(theirs, dict) else ["it records no sweep file"]
-        raise StageError(
-            f"study {sweep.study} runs another sweep file; this worker would spoil its results, so it does not"
-            " join (use the study's sweep file, or another study name):\n" + "\n".join(f"  - {d}" for d in found)
-        )
-    return study, attrs[PARENT_ATTR]
-
-
-def counts(study) -> tuple[int, int]:
-    """(trials done: complete or pruned, trials running)."""
-    from optuna.trial import TrialState
-
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return (
-        sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
-        states.count(TrialState.RUNNING),
-    )
-
-
-@contextlib.contextmanager
-def beating(storage, trial_id: int) -> Iterator[None]:
-    """The trial's Optuna heartbeat while the block runs (as study.optimize gives it)."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            with contextlib.suppress(Exception):  # a missed beat is only a late one
-                storage.record_heartbeat(trial_id)
-            if stop.wait(storage.get_heartbeat_interval()):
-                return
-
-    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-class StaleTrials:
-    """Fails the trials whose worker is gone. Optuna's fail_stale_trials fails those whose heartbeat is older
-    than the grace period (by the database's clock); a trial whose worker died between creating it and its
-    first beat has no heartbeat, which that rule never sees: it is failed once this worker has seen it
-    RUNNING without one for the grace period (timed here, so no two machines' clocks are compared)."""
-
-    def __init__(self, storage, study, log=print):
-        self.storage, self.study, self.log = storage, study, log
-        self.grace_s = MISSED_BEATS * storage.get_heartbeat_interval()
-        self.unbeating: dict[int, float] = {}  # trial id -> when first seen RUNNING without a heartbeat
-
-    def __call__(self) -> None:
-        import optuna
-        from optuna.trial import TrialState
-
-        optuna.storages.fail_stale_trials(self.study)
-        running = {t._trial_id: t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        now = time.monotonic()
-        self.unbeating = {tid: self.unbeating.get(tid, now) for tid in set(running) - self._beating(set(running))}
-        for tid, since in self.unbeating.items():
-            if now - since < self.grace_s:
-                continue
-            reason = f"no heartbeat at all for {self.grace_s} s: its worker died before its first"
-            try:
-                self.storage.set_trial_user_attr(tid, "fail_reason", reason)
-                self.storage.set_trial_state_values(tid, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # it ended meanwhile
-            self.log(f"sweep: trial {running[tid].number} failed: {reason}")
-            if callback := self.storage.get_heartbeat_stale_trial_callback():  # as fail_stale_trials does
-                callback(self.study, running[tid])
-
-    def _beating(self, trial_ids: set[int]) -> set[int]:
-        """Which of the trials have a heartbeat row (Optuna's table; no API reads it)."""
-        if not trial_ids:
-            return set()
-        import sqlalchemy
-
-        query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
-            sqlalchemy.bindparam("ids", expanding=True)
-        )
-        with self.storage.engine.connect() as connection:
-            return {row[0] for row in connection.execute(query, {"ids": sorted(trial_ids)})}
 
 
 class Worker:
@@ -360,37 +217,23 @@ class Worker:
             PARENT_RUN_ENV: self.parent_run,
         }
         args = ["dvc", "exp", "run", "--temp", "-n", name, *[x for kv in settings for x in ("-S", kv)]]
-        proc = subprocess.Popen(
-            args,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )  # its own group: pruning interrupts all of it
         pruned = False
         tail: list[str] = []
-        assert proc.stdout is not None  # stdout=PIPE
-        try:
+        with trial_process(args, env) as proc:
+            assert proc.stdout is not None  # stdout=PIPE
             for line in proc.stdout:
                 tail = ([*tail, line])[-40:]
                 epoch = parse_epoch_line(line)
-                if epoch and self.sweep.pruning:
+                if epoch and self.sweep.pruning and not pruned:
                     trial.report(epoch[1][self.sweep.objective.metric], epoch[0])
                     if trial.should_prune():
                         pruned = True
-                        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the stage ends its run KILLED
-            proc.wait()
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait()
-            raise
+                        interrupt(proc)  # as Ctrl-C: the stage ends its run KILLED
         if pruned:
             self.log(f"sweep: trial {trial.number} pruned")
             raise optuna.TrialPruned()
         if proc.returncode != 0:
             raise self.failure(f"{name} failed (exit {proc.returncode}):\n{''.join(tail)}")
-        params, metrics = self._result(name)
         if self.push:  # before reading the result: a trial that fails on it still shares its experiment
             done = subprocess.run(
                 ["dvc", "exp", "push", "--run-cache", self.push, name],
@@ -399,6 +242,7 @@ class Worker:
             )
             if done.returncode != 0:
                 raise self.failure(f"dvc exp push {self.push} {name} failed: {done.stdout}{done.stderr}")
+        params, metrics = self._result(name)
         if wrong := [k for k, v in values.items() if json.dumps(dotted(params, k)) != json.dumps(v)]:
             raise self.failure(f"{name}: its params.yaml holds other values than the trial's for {', '.join(wrong)}")
         try:
@@ -460,12 +304,23 @@ class Worker:
 
     def leave(self, status: str, reason: str) -> None:
         """This worker stops before the budget is done: when no trial is running (no other worker is at work),
-        the study's MLflow run ends `status` with the reason; a worker that goes on later ends it FINISHED."""
+        the study's MLflow run ends `status` with the reason; a worker that goes on later ends it FINISHED. A
+        trial still running may be one whose worker died: it waits up to the grace period for it to go stale."""
         from mnist_softmax.tracking.studies import end_study_run
 
-        done, running = counts(self.study)
-        if done >= self.sweep.trials or running:
-            return
+        deadline = time.monotonic() + self.fail_stale.grace_s + self.storage.get_heartbeat_interval()
+        while True:
+            self.fail_stale()
+            done, running = counts(self.study)
+            if done >= self.sweep.trials or (running and time.monotonic() > deadline):
+                return  # the budget is done, or another worker is at work: it ends the run
+            if not running:
+                break
+            if self.waiting_for != "leave":
+                trials = self.others_running(self.study.get_trials(deepcopy=False))
+                self.log(f"sweep: waiting up to {self.fail_stale.grace_s} s for {trials}, to end the study's run")
+                self.waiting_for = "leave"
+            time.sleep(1)
         why = f"its workers stopped with {done} of {self.sweep.trials} trials done; the last: {reason}"
         end_study_run(self.parent_run, status, why)
         self.log(f"sweep: the study's MLflow run ends {status}: {why}")
@@ -508,17 +363,20 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--heartbeat",
         type=int,
-        default=10,
-        help=f"seconds between a trial's heartbeats; a trial is failed after {MISSED_BEATS} missed",
+        default=None,
+        help=f"seconds between a trial's heartbeats, the same for every worker of a study (default: the study's,"
+        f" {DEFAULT_HEARTBEAT_S} for a new one); a trial is failed after {MISSED_BEATS} missed",
     )
     ap.add_argument(
         "--max-wait",
         type=float,
         default=MAX_WAIT_S,
         metavar="SECONDS",
-        help="longest wait for other workers' running trials before this worker stops",
+        help="longest wait for other workers' running trials (and for a study's creator: at most"
+        f" {CREATOR_WAIT_S} s) before this worker stops",
     )
     args = ap.parse_args(argv)
+    url = storage_url(args.storage)
     sweep = load_sweep(args.sweep, args.params)
     if problems := settings_problems(args.params, args.set, {}):  # read as `dvc exp run -S` reads them
         raise StageError("--set: params.yaml would not hold what is set:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -532,8 +390,9 @@ def main(argv=None) -> None:
     # Worker.run gives each trial its heartbeat itself (beating), as study.optimize would
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     experiment = load_params(args.params).tracking.experiment
-    storage = open_storage(args.storage or default_storage(), args.heartbeat)
-    study, parent = open_study(storage, sweep, experiment)
+    storage = open_storage(url, args.heartbeat or DEFAULT_HEARTBEAT_S)
+    mine = fingerprint(sweep, args.heartbeat, args.set, args.params)
+    study, parent = open_study(storage, sweep, experiment, mine, min(CREATOR_WAIT_S, args.max_wait))
     worker = Worker(sweep, storage, study, parent, args.push, args.set, args.params, args.max_wait)
     from mnist_softmax.tracking.studies import study_heartbeat
 
@@ -558,5 +417,11 @@ def main(argv=None) -> None:
     )
 
 
+def _hung_up(signum, frame):
+    raise KeyboardInterrupt("signal SIGHUP")
+
+
 if __name__ == "__main__":
+    # its terminal closed: stop as for SIGTERM (cli.run), its trial's experiment with it
+    signal.signal(signal.SIGHUP, _hung_up)
     sys.exit(run(main, "sweep"))

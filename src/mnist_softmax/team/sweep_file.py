@@ -14,6 +14,7 @@ and every value of the space must be one params.yaml accepts there.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 import shutil
@@ -190,9 +191,31 @@ def dotted(tree: Any, key: str) -> Any:
     return tree
 
 
-def fingerprint(sweep: SweepFile) -> dict:
-    """What every worker of one study must agree on: all of the sweep file but the study's name."""
-    return sweep.model_dump(mode="json", exclude={"study"})
+HEARTBEAT_KEY, SET_KEY, PARAMS_KEY = "--heartbeat", "--set", "params.yaml outside the space (sha256)"
+
+
+def fingerprint(
+    sweep: SweepFile, heartbeat_s: int | None = None, fixed: list[str] | None = None, params_path=None
+) -> dict:
+    """What every worker of one study must agree on: all of the sweep file but the study's name, the trial
+    heartbeat's interval (one worker's grace period must not fail another's healthy trials), the --set values
+    and the params.yaml the trials start from (its keys outside the space, hashed)."""
+    found = sweep.model_dump(mode="json", exclude={"study"})
+    found[HEARTBEAT_KEY], found[SET_KEY] = heartbeat_s, list(fixed or [])
+    if params_path is not None:
+        found[PARAMS_KEY] = params_hash(params_path, list(sweep.space))
+    return found
+
+
+def params_hash(params_path: str | Path, swept: list[str]) -> str:
+    """The sha256 of params.yaml as read, the swept keys left out (each trial sets those)."""
+    tree = read_yaml(params_path)
+    for key in swept:
+        *parents, last = key.split(".")
+        node = dotted(tree, ".".join(parents)) if parents else tree
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
 def differences(study: dict, mine: dict, prefix: str = "") -> list[str]:
@@ -203,7 +226,7 @@ def differences(study: dict, mine: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             found += differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            found.append(f"{prefix}{key}: the study's is {json.dumps(a)}, this sweep file's {json.dumps(b)}")
+            found.append(f"{prefix}{key}: the study's is {json.dumps(a)}, this worker's {json.dumps(b)}")
     return found
 
 
