@@ -21,6 +21,18 @@ sys.exit(run(main, "demo"))
 """
 
 
+# A real Ctrl-C that lands while Python runs a __del__ (as it can in a weakref callback or the garbage
+# collector): Python swallows the KeyboardInterrupt there, and main() returns as if nothing happened.
+SWALLOWED = (
+    "import os, signal, time\n"
+    "    class Finalized:\n"
+    "        def __del__(self):\n"
+    "            os.kill(os.getpid(), signal.SIGINT); time.sleep(0.5)\n"
+    "    Finalized()\n"
+    "    print('main went on')"
+)
+
+
 @pytest.mark.parametrize(
     "body, code, stderr",
     [
@@ -33,6 +45,7 @@ sys.exit(run(main, "demo"))
             130,
             "demo: interrupted (signal SIGTERM)",
         ),
+        (SWALLOWED, 130, "demo: interrupted (Ctrl-C)"),  # and no "Exception ignored ... KeyboardInterrupt"
     ],
 )
 def test_run_exits_with_its_code_and_message(body, code, stderr):

@@ -32,6 +32,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mnist_softmax.cli import raise_if_interrupted
 from mnist_softmax.tracking import last_word
 from mnist_softmax.tracking.context import process_identity, process_start
 from mnist_softmax.tracking.run import RunHandle
@@ -110,6 +111,7 @@ def stage_attempt(
         RunHandle(client, run_id).set_tags({stage_key(stage, reused_as): "RUNNING"})
         try:
             yield
+            raise_if_interrupted()  # a Ctrl-C that Python swallowed still ends the attempt KILLED
         except KeyboardInterrupt as e:
             _end(guard, client, run_id, stage, "KILLED", f"interrupted: {str(e) or 'Ctrl-C'}", reused_as)
             raise
