@@ -20,6 +20,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from mnist_softmax.team.services import free_port
+
 ROOT = Path(__file__).resolve().parent.parent  # the real project
 BIN = Path(sys.executable).parent  # the venv running this: its python, dvc and mlflow
 STAGES = list(YAML(typ="safe").load((ROOT / "dvc.yaml").read_text())["stages"])  # in pipeline order
@@ -471,12 +473,32 @@ def requested_urls(driver) -> list[str]:
     return [u for u in urls if not u.startswith("chrome")]
 
 
-def free_port() -> int:
-    import socket
+@contextlib.contextmanager
+def recording_server():
+    """An HTTP server on 127.0.0.1 that answers 200 to anything, as another program holding a port, or a proxy,
+    might; yields its port and the headers of each request it got."""
+    import http.server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    seen: list[dict] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(dict(self.headers))
+            self.send_response(200)
+            self.end_headers()
+
+        do_POST = do_PATCH = do_DELETE = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextlib.contextmanager

@@ -4,11 +4,6 @@ per-epoch metric histories and artifacts, read through the REST API."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 import urllib.parse
 import urllib.request
 
@@ -18,12 +13,6 @@ from tests import harness as P
 from tests.e2e.conftest import SWEEP_LRS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sweep")]  # one queued sweep, also test_experiments.py's
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(base, endpoint, **query):
@@ -45,47 +34,8 @@ def _post(base, endpoint, body):
 @pytest.fixture(scope="module")
 def server(sweep, tmp_path_factory):
     """`mlflow ui --host 127.0.0.1 --port P`, cwd = the project root, no store flags: it opens ./mlflow.db."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                str(P.BIN / "mlflow"),
-                "ui",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            cwd=sweep.root,
-            env=P.env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow ui did not come up (exit {proc.poll()}):\n{log.read_text()}")
-            time.sleep(0.5)
+    with P.mlflow_ui(sweep.root, tmp_path_factory.mktemp("mlflow-ui") / "server.log") as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker: the group we started
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def test_rest_api_serves_the_sweep(server, sweep):

@@ -72,22 +72,6 @@ def refused(state: Path, port: int, *extra: str, **env) -> str:
     return lines[0]
 
 
-class Recorder(http.server.BaseHTTPRequestHandler):
-    """Answers 200 to anything, as some other program on the port might, and keeps the headers it got."""
-
-    seen: ClassVar[list[dict]] = []
-
-    def do_GET(self):
-        Recorder.seen.append(dict(self.headers))
-        self.send_response(200)
-        self.end_headers()
-
-    do_POST = do_PATCH = do_GET
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_refused_user_is_one_line_before_anything_starts(state):
     short = state / "short"
     short.write_text(f"{ALICE[0]}:{ALICE[1]}\ncarol:too-short\n")
@@ -104,16 +88,10 @@ def test_a_refused_user_is_one_line_before_anything_starts(state):
 
 
 def test_a_port_in_use_is_an_error_before_anything_starts_and_gets_no_credential(state):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with P.recording_server() as (port, seen):
         line = refused(state, port, "--writer", "alice")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert f"port {port}" in line and "in use" in line
-    assert Recorder.seen == []
+    assert seen == []
     line = refused(state, free_port(), "--writer", "alice", "--host", "192.0.2.1")  # an address of no interface here
     assert "cannot listen on 192.0.2.1" in line, line
 

@@ -9,18 +9,15 @@ from __future__ import annotations
 import dataclasses
 import grp
 import hashlib
-import http.server
 import json
 import os
 import shutil
 import stat
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -223,9 +220,6 @@ def test_promote_works_on_the_sqlite_default(repro_project, e2e_dir):
     assert version.run_id == run.info.run_id
 
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
 def wait_for_text(driver, needles, timeout: float = 90) -> str:
     """The page's text once it holds every needle (the UI renders bit by bit); fails after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -237,37 +231,17 @@ def wait_for_text(driver, needles, timeout: float = 90) -> str:
         time.sleep(1)
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="Debian's chromium and chromium-driver not installed")
+@pytest.mark.skipif(not (P.CHROMIUM and P.CHROMEDRIVER), reason="Debian's chromium and chromium-driver not installed")
 def test_the_ui_shows_the_sweep_to_the_second_user(stack, clones, bob, tmp_path):
     """Headless Chromium, as bob, opens the server's compare view of the sweep and sees each run with its
     test accuracy; the screenshot goes to $MNIST_SOFTMAX_SCREENSHOT when set (docs/mlflow_compare.png)."""
     from base64 import b64encode
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     runs = [r for r in server_runs(stack, bob) if r.info.run_name in clones["names"].values()]
-    options = webdriver.ChromeOptions()
-    assert CHROMIUM is not None  # the skipif above
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1500,1000",
-        f"--user-data-dir={tmp_path / 'chrome'}",
-    ):
-        options.add_argument(flag)
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers on the network
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with P.chromium(tmp_path / "chrome") as driver:
         token = b64encode(f"{BOB[0]}:{BOB[1]}".encode()).decode()
         driver.execute_cdp_cmd("Network.enable", {})
         driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
@@ -290,8 +264,6 @@ def test_the_ui_shows_the_sweep_to_the_second_user(stack, clones, bob, tmp_path)
         time.sleep(1)
         shot = tmp_path / "compare.png"
         driver.save_screenshot(str(shot))
-    finally:
-        driver.quit()
     if os.environ.get("MNIST_SOFTMAX_SCREENSHOT"):
         shutil.copy(shot, os.environ["MNIST_SOFTMAX_SCREENSHOT"])
     assert all(r.info.run_name in text for r in runs)
@@ -414,37 +386,18 @@ def test_the_default_store_checks_credentials(stack, clones, bob):
         assert as_nobody("touch", str(target / "x" if target.is_dir() else target)).returncode != 0, target
 
 
-class Recorder(http.server.BaseHTTPRequestHandler):
-    """Answers 200 to anything, as another program on a port or a proxy might, and keeps the headers it got."""
-
-    seen: ClassVar[list[dict]] = []
-
-    def do_GET(self):
-        Recorder.seen.append(dict(self.headers))
-        self.send_response(200)
-        self.end_headers()
-
-    do_POST = do_PATCH = do_DELETE = do_GET
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def recorder():
-    """The port of a Recorder server on 127.0.0.1."""
-    Recorder.seen.clear()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    """(port, headers of each request) of a server on 127.0.0.1 that answers anything."""
+    with P.recording_server() as recorded:
+        yield recorded
 
 
 def test_credentials_go_only_to_a_listener_of_the_stacks_own_server(stack, recorder, tmp_path):
     """Another program that holds the port and answers /health gets no credential: the stack's server process
     (here one that listens nowhere) does not hold the listening socket, so the start is refused."""
-    other = Stack(tmp_path, ADMIN_PASSWORD, mlflow_port=recorder)
+    port, seen = recorder
+    other = Stack(tmp_path, ADMIN_PASSWORD, mlflow_port=port)
     server = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         with pytest.raises(StackError, match="another program answers"):
@@ -452,19 +405,20 @@ def test_credentials_go_only_to_a_listener_of_the_stacks_own_server(stack, recor
     finally:
         server.kill()
         server.wait()
-    assert Recorder.seen and [h for h in Recorder.seen if "Authorization" in h] == []  # /health only
+    assert seen and [h for h in seen if "Authorization" in h] == []  # /health only
     assert listens(stack.procs[-1].pid, stack.mlflow_port)  # the real server holds its port
 
 
 def test_passwords_never_go_to_a_proxy(stack, recorder, monkeypatch):
     """http_proxy set: the stack's calls of its own server still go straight to it."""
+    port, seen = recorder
     for name in ("http_proxy", "HTTP_PROXY"):
-        monkeypatch.setenv(name, f"http://127.0.0.1:{recorder}")
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen's opener would read the proxy afresh
     assert stack.api("GET", f"/api/2.0/mlflow/users/get?username={ALICE[0]}")["user"]["username"] == ALICE[0]
-    assert Recorder.seen == []
+    assert seen == []
 
 
 def test_another_admin_password_is_named_as_such(stack):

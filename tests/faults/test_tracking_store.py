@@ -7,7 +7,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,12 +16,6 @@ import pytest
 from tests import harness as H
 from tests.faults.conftest import TRAIN_CMD
 from tests.harness import env
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once it is closed
 
 
 def run_cache(project) -> list[str]:
@@ -42,7 +35,7 @@ def assert_stopped_before_training(project, done, lock, cache):
 def test_unreachable_tracking_server(project):
     project.params(**{"train.epochs": 3})
     lock, cache = project.read("dvc.lock"), run_cache(project)
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{H.free_port()}"  # nothing listens on it
     done = project.dvc("repro", "train", env_=env(MLFLOW_TRACKING_URI=uri))
     assert f"train: error: MLflow tracking server {uri} is unreachable" in done.stdout, done.stdout
     assert_stopped_before_training(project, done, lock, cache)
@@ -74,7 +67,7 @@ class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 (SQLite behind it), started and killed by the test, same port."""
 
     def __init__(self, folder):
-        self.folder, self.port = folder, closed_port()
+        self.folder, self.port = folder, H.free_port()
         self.proc: H.Proc | None = None
         self.uri = f"http://127.0.0.1:{self.port}"
 
