@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mnist_softmax.errors import ExplainedError
+from mnist_softmax.tracking.context import boot_id, process_start
 
 SUPERUSER = "postgres"  # the cluster's bootstrap role: only the stack itself logs in with it
 DATABASES = ("mlflow", "mlflow_auth", "optuna")  # each owned by the role of the same name, nothing more
@@ -151,10 +152,6 @@ def private_log(path: Path):
 # ---- services a killed stack left behind ---------------------------------------------------------------
 
 
-def boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-
-
 def group_members(pgid: int) -> list[int]:
     members = []
     for entry in os.listdir("/proc"):
@@ -168,10 +165,8 @@ def group_members(pgid: int) -> list[int]:
 
 def started_at(pid: int) -> int | None:
     """The process's start time (clock ticks since boot), None if there is no such process."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    start = process_start(pid)
+    return int(start) if start else None
 
 
 @dataclasses.dataclass

@@ -82,6 +82,11 @@ def _read(path: str) -> str:
         return ""
 
 
+def boot_id() -> str:
+    """This boot of this machine's kernel ("" where there is no such file)."""
+    return _read("/proc/sys/kernel/random/boot_id")
+
+
 def process_start(pid: int) -> str:
     """When process `pid` started, in clock ticks since boot ("" if there is no such process): with the
     boot id, a pid that was reused by another process is told apart."""
@@ -98,7 +103,7 @@ def process_identity(pid: int | None = None) -> dict[str, str]:
         namespace = os.readlink("/proc/self/ns/pid")
     return {
         "pipeline.host": socket.gethostname(),
-        "pipeline.boot_id": _read("/proc/sys/kernel/random/boot_id"),
+        "pipeline.boot_id": boot_id(),
         "pipeline.pid_namespace": namespace,
         "pipeline.pid": str(pid),
         "pipeline.pid_start": process_start(pid),
